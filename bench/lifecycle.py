@@ -1,0 +1,89 @@
+"""Create-to-result cost of trivial tasks: taskward vs bare asyncio vs aiojobs.
+
+Each contender starts N trivial coroutines and then collects every result, in
+the same process and the same run; the figure is microseconds per task
+(best of `--repeat` rounds) and the ratio to bare `asyncio.create_task` + await.
+
+    python bench/lifecycle.py [--sizes 10000 100000] [--repeat 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import time
+from typing import TYPE_CHECKING
+
+import aiojobs
+
+from taskward import TaskManager
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+
+async def trivial(i: int) -> int:
+    return i
+
+
+async def bare_asyncio(n: int) -> None:
+    tasks = [asyncio.create_task(trivial(i)) for i in range(n)]
+    for i, task in enumerate(tasks):
+        if await task != i:
+            raise AssertionError("wrong result")
+
+
+async def with_aiojobs(n: int) -> None:
+    scheduler = aiojobs.Scheduler(limit=None, pending_limit=0)
+    try:
+        jobs = [await scheduler.spawn(trivial(i)) for i in range(n)]
+        for i, job in enumerate(jobs):
+            if await job.wait() != i:
+                raise AssertionError("wrong result")
+    finally:
+        await scheduler.close()
+
+
+def with_taskward(tm: TaskManager) -> Callable[[int], Awaitable[None]]:
+    async def run(n: int) -> None:
+        ids = [await tm.create_task(trivial(i)) for i in range(n)]
+        for i, task_id in enumerate(ids):
+            if (await tm.wait(task_id)).result != i:
+                raise AssertionError("wrong result")
+
+    return run
+
+
+async def measure(fn: Callable[[int], Awaitable[None]], n: int, repeat: int) -> float:
+    best = float("inf")
+    for _ in range(repeat):
+        gc.collect()
+        start = time.perf_counter()
+        await fn(n)
+        best = min(best, time.perf_counter() - start)
+    return best / n * 1e6
+
+
+async def main(sizes: list[int], repeat: int) -> None:
+    async with TaskManager(max_finished=max(sizes)) as tm:
+        contenders: list[tuple[str, Callable[[int], Awaitable[None]]]] = [
+            ("asyncio.create_task + await", bare_asyncio),
+            ("aiojobs 1.x spawn + wait", with_aiojobs),
+            ("taskward create_task + wait", with_taskward(tm)),
+        ]
+        print(f"{'tasks':>8}  {'contender':<30} {'us/task':>8}  {'vs asyncio':>10}")
+        for n in sizes:
+            baseline = 0.0
+            for name, fn in contenders:
+                us = await measure(fn, n, repeat)
+                baseline = baseline or us
+                print(f"{n:>8}  {name:<30} {us:>8.2f}  {us / baseline:>9.2f}x")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
+    parser.add_argument("--repeat", type=int, default=5)
+    args = parser.parse_args()
+    asyncio.run(main(args.sizes, args.repeat))

@@ -1,0 +1,188 @@
+"""The write-behind flusher: every state change of a loop turn in one store write.
+
+Records, output chunks and events are collected as they happen (a dict insert,
+nothing more) and written by one background task, once per loop turn: a burst
+of a thousand tasks finishing together costs one `Store.save` (one Redis
+pipeline) and one `Bus.publish`. While the store is unreachable, everything
+waits here (records are kept once each, at their latest state) and is written
+when the manager reconnects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING
+
+from .errors import StoreUnavailable
+from .stores.base import WriteBatch
+
+if TYPE_CHECKING:
+    from ._records import OutputChunk, TaskEvent, TaskRecord
+    from .manager import TaskManager
+
+__all__ = ["Flusher"]
+
+logger = logging.getLogger(__name__)
+
+MAX_QUEUED_EVENTS = 10_000
+
+
+class Flusher:
+    """Collects a manager's writes and flushes them in batches."""
+
+    def __init__(self, manager: TaskManager) -> None:
+        self._manager = manager
+        self._dirty: dict[str, TaskRecord] = {}
+        self._outputs: dict[str, list[OutputChunk]] = {}
+        self._events: list[TaskEvent] = []
+        self._sync_waiters: list[asyncio.Future[None]] = []
+        self._wakeup = asyncio.Event()
+        self._online = asyncio.Event()
+        self._online.set()
+        self._kicked = False
+        self._flushing = False
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def backlog(self) -> int:
+        """Records waiting to be written."""
+        return len(self._dirty)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="taskward-flusher")
+
+    def mark(self, rec: TaskRecord) -> None:
+        self._dirty[rec.task_id] = rec
+        if not self._kicked:
+            self._kicked = True
+            self._wakeup.set()
+
+    def add_output(self, task_id: str, chunk: OutputChunk) -> None:
+        chunks = self._outputs.get(task_id)
+        if chunks is None:
+            self._outputs[task_id] = [chunk]
+        else:
+            chunks.append(chunk)
+        if not self._kicked:
+            self._kicked = True
+            self._wakeup.set()
+
+    def add_event(self, event: TaskEvent) -> None:
+        self._events.append(event)
+        if not self._kicked:
+            self._kicked = True
+            self._wakeup.set()
+
+    def pause(self) -> None:
+        """The store went away: hold writes until `resume()`."""
+        self._online.clear()
+
+    def resume(self) -> None:
+        self._online.set()
+        self._kicked = True
+        self._wakeup.set()
+
+    async def sync(self) -> None:
+        """Return once everything marked so far has been written (or the store is away)."""
+        if not (self._dirty or self._outputs or self._flushing) or not self._online.is_set():
+            return
+        if self._task is None or self._task.done():
+            return
+        fut = asyncio.get_running_loop().create_future()
+        self._sync_waiters.append(fut)
+        self._kicked = True
+        self._wakeup.set()
+        await fut
+
+    async def _run(self) -> None:
+        while True:
+            await self._wakeup.wait()
+            await asyncio.sleep(0)  # let the tasks scheduled in this turn finish first
+            self._wakeup.clear()
+            self._kicked = False
+            if not self._online.is_set():
+                wake_all(self._take_waiters())
+                await self._online.wait()
+                continue
+            await self._flush_once()
+
+    def _take_waiters(self) -> list[asyncio.Future[None]]:
+        waiters, self._sync_waiters = self._sync_waiters, []
+        return waiters
+
+    async def _flush_once(self) -> None:
+        manager = self._manager
+        records = list(self._dirty.values())
+        outputs, self._outputs = self._outputs, {}
+        events, self._events = self._events, []
+        waiters = self._take_waiters()
+        self._dirty = {}
+        self._flushing = True
+        try:
+            if records or outputs:
+                await manager._store.save(WriteBatch(records, outputs, time.time()))
+        except StoreUnavailable as exc:
+            self._requeue(records, outputs, events)
+            manager._set_disconnected(exc)
+            self.pause()
+            wake_all(waiters)
+            return
+        except Exception:
+            # A bug, not an outage: retrying would fail forever. The records stay
+            # readable here (their handles are kept); say loudly what was not written.
+            logger.exception("could not write %d task records; they stay local only", len(records))
+        else:
+            manager._forget(records)
+        finally:
+            self._flushing = False
+        if events:
+            try:
+                await manager._bus.publish(events)
+            except Exception as exc:  # noqa: BLE001 - events are wake-ups; the store has the truth
+                logger.warning("could not publish %d events: %s", len(events), exc)
+        wake_all(waiters)
+
+    def _requeue(
+        self,
+        records: list[TaskRecord],
+        outputs: dict[str, list[OutputChunk]],
+        events: list[TaskEvent],
+    ) -> None:
+        newer = self._dirty
+        self._dirty = {rec.task_id: rec for rec in records}
+        self._dirty.update(newer)
+        for task_id, chunks in self._outputs.items():
+            outputs.setdefault(task_id, []).extend(chunks)
+        self._outputs = outputs
+        self._events = (events + self._events)[-MAX_QUEUED_EVENTS:]
+
+    async def aclose(self, timeout: float = 5.0) -> None:
+        """Write what is pending (within `timeout` seconds), then stop."""
+        deadline = time.monotonic() + timeout
+        while (self._dirty or self._outputs or self._flushing) and self._online.is_set():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            try:
+                async with asyncio.timeout(remaining):
+                    await self.sync()
+            except TimeoutError:
+                break
+        if self._dirty or self._outputs:
+            logger.error(
+                "closing with %d task records and %d output streams not written",
+                len(self._dirty),
+                len(self._outputs),
+            )
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        wake_all(self._take_waiters())
+
+
+def wake_all(waiters: list[asyncio.Future[None]]) -> None:
+    for fut in waiters:
+        if not fut.done():
+            fut.set_result(None)

@@ -1,0 +1,63 @@
+"""The in-process bus: commands and events between managers of one process."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from .._records import TaskEvent
+    from .base import BusHandlers
+
+__all__ = ["MemoryBus", "MemoryHub"]
+
+
+class MemoryHub:
+    """The meeting point of the `MemoryBus`es of one process."""
+
+    def __init__(self) -> None:
+        self.members: dict[str, BusHandlers] = {}
+
+
+class MemoryBus:
+    """A `Bus` within one process: one per manager, joined through a `MemoryHub`.
+
+    Managers that should see each other (sharing one `MemoryStore`) get buses on
+    the same hub. Delivery is scheduled on the loop, as it would be over a
+    network, so a handler never runs inside the sender's call.
+    """
+
+    def __init__(self, hub: MemoryHub | None = None) -> None:
+        self._hub = hub or MemoryHub()
+        self._instance_id: str | None = None
+
+    async def start(self, instance_id: str, handlers: BusHandlers) -> None:
+        if self._instance_id is not None:
+            raise RuntimeError("this bus is already started")
+        if instance_id in self._hub.members:
+            raise ValueError(f"instance {instance_id!r} is already on this hub")
+        self._hub.members[instance_id] = handlers
+        self._instance_id = instance_id
+
+    async def aclose(self) -> None:
+        if self._instance_id is not None:
+            self._hub.members.pop(self._instance_id, None)
+
+    def has_peers(self) -> bool:
+        return len(self._hub.members) > 1
+
+    async def publish(self, events: Sequence[TaskEvent]) -> None:
+        members = self._hub.members
+        if not events or len(members) < 2:
+            return
+        loop = asyncio.get_running_loop()
+        for instance_id, handlers in members.items():
+            if instance_id != self._instance_id and handlers.wants_events():
+                loop.call_soon(handlers.on_events, events)
+
+    async def send_command(self, instance_id: str, command: dict[str, Any]) -> None:
+        handlers = self._hub.members.get(instance_id)
+        if handlers is not None:
+            asyncio.get_running_loop().call_soon(handlers.on_command, dict(command))

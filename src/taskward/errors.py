@@ -1,0 +1,73 @@
+"""Exceptions raised by taskward.
+
+The tree::
+
+    TaskwardError
+    ├── TaskNotFound          a task id that does not exist (or belongs to another user)
+    ├── TaskTimeout           waiting for a task took longer than allowed
+    ├── MaxRuntimeExceeded    a task ran past its max_runtime (recorded as the task's error)
+    ├── TaskLost              a task's owner instance died (recorded as the task's error)
+    ├── ManagerClosed         the manager was closed, or used before it started
+    └── StoreUnavailable      the store (Redis) could not be reached
+
+Argument checks raise the built-in `TypeError` and `ValueError`.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ManagerClosed",
+    "MaxRuntimeExceeded",
+    "StoreUnavailable",
+    "TaskLost",
+    "TaskNotFound",
+    "TaskTimeout",
+    "TaskwardError",
+]
+
+
+class TaskwardError(Exception):
+    """Base of every exception taskward raises on purpose."""
+
+
+class TaskNotFound(TaskwardError, LookupError):
+    """Raised when a task id is unknown, expired, or belongs to another user."""
+
+    def __init__(self, task_id: str) -> None:
+        super().__init__(f"task {task_id!r} not found")
+        self.task_id = task_id
+
+
+class TaskTimeout(TaskwardError, TimeoutError):
+    """Raised when waiting for a task's result takes longer than the given timeout."""
+
+    def __init__(self, task_id: str, timeout: float) -> None:
+        super().__init__(f"task {task_id!r} did not finish within {timeout:g}s")
+        self.task_id = task_id
+        self.timeout = timeout
+
+
+class MaxRuntimeExceeded(TaskwardError):
+    """Raised inside the record of a task cancelled for running past its `max_runtime`."""
+
+    def __init__(self, task_id: str, max_runtime: float) -> None:
+        super().__init__(f"task {task_id!r} exceeded its max_runtime of {max_runtime:g}s")
+        self.task_id = task_id
+        self.max_runtime = max_runtime
+
+
+class TaskLost(TaskwardError):
+    """Raised (as a recorded error) when a task's owner instance died with it running."""
+
+    def __init__(self, task_id: str, instance_id: str) -> None:
+        super().__init__(f"task {task_id!r} was lost with its instance {instance_id!r}")
+        self.task_id = task_id
+        self.instance_id = instance_id
+
+
+class ManagerClosed(TaskwardError, RuntimeError):
+    """Raised when a closed (or never started) manager is asked to start a task."""
+
+
+class StoreUnavailable(TaskwardError, ConnectionError):
+    """Raised when the store cannot be reached and the call cannot be answered locally."""

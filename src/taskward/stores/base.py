@@ -1,0 +1,164 @@
+"""The Store protocol: where task records, indexes and output streams live.
+
+One `TaskManager` talks to one store; several managers (instances) may share
+one (a `RedisStore` on the same server and prefix, or one `MemoryStore` object in
+a process). The manager is the only writer of a task's own fields and calls
+`save()` from a single flusher, once per loop turn with every record that changed
+in that turn; stores keep these writes cheap by batching them (one pipeline).
+
+Records passed to `save()` are the owner's live objects: a store must read what
+it needs from them before its first `await`, and must never hand them out;
+reads return fresh objects.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from .._records import OutputChunk, TaskRecord, TaskStatus
+
+__all__ = ["Page", "Retention", "Store", "WriteBatch"]
+
+
+@dataclass(slots=True, frozen=True)
+class Retention:
+    """How long and how many finished tasks are kept, and how long output streams get.
+
+    `result_ttl`: seconds a terminal record (with its result, output and index
+    entries) is kept after it finished. `max_finished`: at most this many
+    terminal records are kept; the oldest go first. `max_output`: chunks kept
+    per task output stream (older ones are dropped).
+    """
+
+    result_ttl: float = 3600.0
+    max_finished: int = 10_000
+    max_output: int = 1_000
+
+    def __post_init__(self) -> None:
+        if self.result_ttl <= 0:
+            raise ValueError("result_ttl must be positive")
+        if self.max_finished < 1:
+            raise ValueError("max_finished must be at least 1")
+        if self.max_output < 1:
+            raise ValueError("max_output must be at least 1")
+
+
+@dataclass(slots=True)
+class WriteBatch:
+    """What one flush writes.
+
+    `records`: records whose state changed (created, progress, finished...),
+    each at most once. A record may arrive already terminal without ever having
+    been saved as running (a task that finished in the turn it was created).
+    `outputs`: new output chunks per task id, in order.
+    `now`: the flush time, for retention.
+    """
+
+    records: list[TaskRecord] = field(default_factory=list)
+    outputs: dict[str, list[OutputChunk]] = field(default_factory=dict)
+    now: float = 0.0
+
+    def __bool__(self) -> bool:
+        return bool(self.records or self.outputs)
+
+
+@dataclass(slots=True, frozen=True)
+class Page:
+    """One page of a listing, newest first; pass `cursor` back for the next page."""
+
+    records: list[TaskRecord]
+    cursor: str | None
+
+
+class Store(Protocol):
+    """Storage behind a `TaskManager`. All methods may raise `StoreUnavailable`."""
+
+    retention: Retention
+
+    async def start(self) -> None:
+        """Connect (if needed) and check the store answers."""
+
+    async def aclose(self) -> None:
+        """Release connections. Idempotent."""
+
+    async def save(self, batch: WriteBatch) -> None:
+        """Upsert every record of `batch` with its indexes and append its outputs.
+
+        For each record: write its fields (never `stop_requested_at`, which only
+        `request_stop` writes); index it by creation time under all tasks, its
+        user, its item and its status; keep running tasks in the set of their
+        instance. A terminal record leaves the running indexes and its instance's
+        sets, is kept for `retention.result_ttl` and counts towards
+        `retention.max_finished` (the oldest finished records beyond it are
+        deleted with their index entries and output). A record that is already
+        terminal in the store is never overwritten (terminal states never change).
+        """
+
+    async def get(self, task_id: str) -> TaskRecord | None:
+        """The record, or None if unknown or expired."""
+
+    async def get_many(self, task_ids: Sequence[str]) -> list[TaskRecord | None]:
+        """Records in the order asked, None where unknown or expired."""
+
+    async def query(
+        self,
+        *,
+        user_id: str | None = None,
+        item_id: str | None = None,
+        status: TaskStatus | None = None,
+        limit: int = 100,
+        cursor: str | None = None,
+    ) -> Page:
+        """Records matching every given filter, newest first, read from an index.
+
+        `cursor` is an opaque string from a previous page of the same query.
+        Raises ValueError for a malformed cursor.
+        """
+
+    async def running_ids_by_item(self, item_id: str) -> list[str]:
+        """Ids of the item's tasks that are still running, oldest first."""
+
+    async def read_output(
+        self, task_id: str, after: int = 0, limit: int = 1000
+    ) -> list[OutputChunk]:
+        """Output chunks with `seq > after`, oldest first, at most `limit`."""
+
+    async def request_stop(self, task_id: str, at: float) -> TaskRecord | None:
+        """Durably ask the owner to stop a task; return the record as it now stands.
+
+        If the task is running and has no stop request yet, set its
+        `stop_requested_at` to `at` and add it to its instance's stop set, in one
+        atomic step. Returns None for an unknown task.
+        """
+
+    async def pending_stops(self, instance_id: str) -> list[str]:
+        """Ids of the instance's running tasks that have a stop request."""
+
+    async def heartbeat(
+        self, instance_id: str, ttl: float, running: Sequence[TaskRecord] | None = None
+    ) -> None:
+        """Mark the instance alive for `ttl` seconds.
+
+        With `running`, also re-assert those records as running on this instance
+        (after a reconnect, when the store may have lost or reaped them): records
+        the store does not know are written again; records the store already has
+        as terminal are left alone.
+        """
+
+    async def reap(self, now: float) -> list[TaskRecord]:
+        """Mark `lost` the running tasks of every instance whose liveness expired.
+
+        Only one reaper acts at a time (a lock where the store is shared between
+        processes). Each lost record gets `finished_at = now` and a `TaskLost`
+        error. Returns the records it marked lost, so their events can be sent.
+        The manager calls this only after it has itself been connected for longer
+        than the liveness TTL, so instances coming back from an outage have had
+        time to re-register first.
+        """
+
+    async def retire(self, instance_id: str) -> None:
+        """Forget a cleanly closed instance (its liveness and its empty sets)."""
