@@ -362,6 +362,11 @@ class TaskManager:
         self._flusher.mark(rec)
         if self._streams or self._bus.has_peers():
             self._emit(TaskEvent("created", task_id, _RUNNING, now, user_id, item_id, rec.copy()))
+        if self._get_now is None:
+            # A shared store: return once the task is visible to every instance.
+            # Concurrent creations share the write; an unreachable store does
+            # not block (the task runs and is written on reconnect).
+            await self._flusher.sync()
         return task_id
 
     async def _run(self, rec: _Live, coro: Coroutine[Any, Any, Any]) -> Any:

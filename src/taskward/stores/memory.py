@@ -67,8 +67,6 @@ class MemoryStore:
     def __init__(self, retention: Retention | None = None) -> None:
         self.retention = retention or Retention()
         self._records: dict[str, TaskRecord] = {}
-        # Status each record was indexed under, to move it when it changes.
-        self._indexed: dict[str, TaskStatus] = {}
         self._index = _Index()
         self._finished: deque[TaskRecord] = deque()  # terminal records, oldest finished first
         self._order: dict[str, int] = {}  # task id -> position in creation order (the cursor)
@@ -92,19 +90,17 @@ class MemoryStore:
     def save_now(self, batch: WriteBatch) -> None:
         """`save` without the coroutine: the memory store never waits."""
         records = self._records
-        indexed = self._indexed
         order = self._order
         index = self._index
         by_status = index.by_status
+        running = by_status[_RUNNING]
         finished = self._finished
         seq = self._seq
         for rec in batch.records:
             task_id = rec.task_id
             status = rec.status
-            old = indexed.get(task_id)
-            if old is None:  # new here
+            if task_id not in records:  # new here
                 records[task_id] = rec
-                indexed[task_id] = status
                 seq += 1
                 order[task_id] = seq
                 if rec.user_id is not None:
@@ -116,10 +112,9 @@ class MemoryStore:
                     self._instance_tasks.setdefault(rec.instance_id, {})[task_id] = None
                 else:
                     finished.append(rec)
-            elif old is _RUNNING and status is not _RUNNING:
-                del by_status[old][task_id]
+            elif status is not _RUNNING and task_id in running:  # just finished
+                del running[task_id]
                 by_status[status][task_id] = None
-                indexed[task_id] = status
                 _discard(self._instance_tasks, rec.instance_id, task_id)
                 _discard(self._stops, rec.instance_id, task_id)
                 finished.append(rec)
@@ -146,7 +141,6 @@ class MemoryStore:
             excess -= 1
             task_id = rec.task_id
             del self._records[task_id]
-            del self._indexed[task_id]
             del self._order[task_id]
             self._index.remove(rec)
             self._outputs.pop(task_id, None)
