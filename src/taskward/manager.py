@@ -16,6 +16,7 @@ import math
 import os
 import socket
 import time
+from collections import OrderedDict
 from types import CoroutineType, TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
@@ -56,6 +57,7 @@ _CANCELLED = TaskStatus.CANCELLED
 _time = time.time
 
 STOP_REASON = "stopped on request"
+RECENT_LIMIT = 10_000
 CLOSE_REASON = "manager closed"
 
 
@@ -173,6 +175,11 @@ class TaskManager:
         self._get_now: Callable[[str], TaskRecord | None] | None = getattr(
             self._store, "peek", None
         )
+        # Final records of tasks run here, kept for reads when the store is remote.
+        self._recent: OrderedDict[str, TaskRecord] | None = (
+            OrderedDict() if self._get_now is None else None
+        )
+        self._recent_limit = min(self.retention.max_finished, RECENT_LIMIT)
         self._state = _State.NEW
         self._started: asyncio.Future[None] | None = None
         self._local: dict[str, _Live] = {}
@@ -182,6 +189,10 @@ class TaskManager:
         self._housekeeper: asyncio.Task[None] | None = None
         self._connected = True
         self._connected_since = 0.0
+        self._last_beat = 0.0
+        # A heartbeat slower than this, or a longer gap between two, is a hiccup (see _tick).
+        self._beat_slow = max(self.heartbeat_interval, self.liveness_ttl / 2)
+        self._beat_gap = self.heartbeat_interval + (self.liveness_ttl - self.heartbeat_interval) / 2
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -218,7 +229,7 @@ class TaskManager:
             started.set_exception(exc)
             started.exception()  # retrieved: concurrent starters see it via shield
             raise
-        self._connected_since = time.monotonic()
+        self._connected_since = self._last_beat = time.monotonic()
         self._flusher.start()
         self._housekeeper = asyncio.create_task(self._housekeeping(), name="taskward-housekeeping")
         self._state = _State.RUNNING
@@ -264,10 +275,12 @@ class TaskManager:
         for handle in list(self._local.values()):
             if handle.status is _RUNNING:
                 handle.cancel(CLOSE_REASON)
-        _, stragglers = await asyncio.wait(running, timeout=self.shutdown_timeout or None)
-        straggling = set(stragglers)
+        if self.shutdown_timeout > 0:
+            await asyncio.wait(running, timeout=self.shutdown_timeout)
+        else:
+            await asyncio.sleep(0)  # one turn to take the cancellation, no more
         for handle in list(self._local.values()):
-            if handle.status is _RUNNING and handle.task in straggling:
+            if handle.status is _RUNNING:
                 logger.warning(
                     "task %s (%s) ignored cancellation; abandoned as lost",
                     handle.task_id,
@@ -348,7 +361,7 @@ class TaskManager:
             None,
             None,
             None,
-            EMPTY if metadata is None else metadata,
+            EMPTY if metadata is None else dict(metadata),
             None,
             None,
             max_runtime,
@@ -362,7 +375,7 @@ class TaskManager:
         self._flusher.mark(rec)
         if self._streams or self._bus.has_peers():
             self._emit(TaskEvent("created", task_id, _RUNNING, now, user_id, item_id, rec.copy()))
-        if self._get_now is None:
+        if self._get_now is None or self._bus.has_peers():
             # A shared store: return once the task is visible to every instance.
             # Concurrent creations share the write; an unreachable store does
             # not block (the task runs and is written on reconnect).
@@ -429,13 +442,26 @@ class TaskManager:
             )
 
     def _forget(self, records: Iterable[TaskRecord]) -> None:
-        """Drop local handles of tasks whose final state is now in the store."""
+        """Drop local handles of tasks whose final state is now in the store.
+
+        With a remote store, the final records stay readable here for a while
+        (`_recent`, bounded by `RECENT_LIMIT` and `result_ttl`), so the
+        instance that ran a task answers reads of its result without a round
+        trip. Terminal records never change, so the copy cannot go stale; it
+        may only outlive a trim by `max_finished` done elsewhere, by seconds.
+        """
         local = self._local
+        recent = self._recent
         for rec in records:
             if rec.status is not _RUNNING:
-                handle = local.get(rec.task_id)
-                if handle is not None and handle is rec:
-                    del local[rec.task_id]
+                task_id = rec.task_id
+                if local.get(task_id) is rec:
+                    del local[task_id]
+                    if recent is not None:
+                        recent[task_id] = rec
+        if recent is not None:
+            while len(recent) > self._recent_limit:
+                recent.popitem(last=False)
 
     # -- progress and output (called through taskward.report_progress / emit) ---
 
@@ -499,10 +525,14 @@ class TaskManager:
             item_id=item_id,
             kinds=kinds,
             maxsize=maxsize,
-            on_close=self._streams.remove,
+            on_close=self._drop_stream,
         )
         self._streams.append(stream)
         return stream
+
+    def _drop_stream(self, stream: EventStream) -> None:
+        if stream in self._streams:
+            self._streams.remove(stream)
 
     def _emit(self, event: TaskEvent) -> None:
         for stream in self._streams:
@@ -548,21 +578,29 @@ class TaskManager:
 
     def _peek(self, task_id: str, user_id: str | None) -> TaskRecord | None:
         """The record if it can be had without I/O (local, or an in-memory store)."""
-        handle = self._local.get(task_id)
-        if handle is not None:
-            rec: TaskRecord | None = handle
-        elif self._get_now is not None:
-            rec = self._get_now(task_id)
-        else:
-            return None
+        rec: TaskRecord | None = self._local.get(task_id)
+        if rec is None:
+            if self._get_now is not None:
+                rec = self._get_now(task_id)
+            else:
+                rec = self._recent_record(task_id)
         if rec is None or (user_id is not None and rec.user_id != user_id):
+            return None
+        return rec
+
+    def _recent_record(self, task_id: str) -> TaskRecord | None:
+        recent = self._recent
+        rec = None if recent is None else recent.get(task_id)
+        if rec is not None and (rec.finished_at or 0.0) + self.retention.result_ttl < _time():
+            del recent[task_id]  # type: ignore[union-attr]  # recent is set when rec is
             return None
         return rec
 
     async def _lookup(self, task_id: str, user_id: str | None) -> TaskRecord | None:
         """The live record (local) or a fresh one (store); None if not visible."""
-        handle = self._local.get(task_id)
-        rec = handle if handle is not None else await self._store.get(task_id)
+        rec = self._peek(task_id, None)
+        if rec is None and self._get_now is None:
+            rec = await self._store.get(task_id)
         if rec is None or (user_id is not None and rec.user_id != user_id):
             return None
         return rec
@@ -864,6 +902,7 @@ class TaskManager:
                 logger.exception("housekeeping failed; will retry")
 
     async def _tick(self) -> None:
+        started = time.monotonic()
         if not self._connected:
             running = [rec for rec in self._local.values() if rec.status is _RUNNING]
             await self._store.heartbeat(self.instance_id, self.liveness_ttl, running)
@@ -873,24 +912,37 @@ class TaskManager:
             self._flusher.resume()
         else:
             await self._store.heartbeat(self.instance_id, self.liveness_ttl)
+        beat = time.monotonic()
+        if beat - started > self._beat_slow or beat - self._last_beat > self._beat_gap:
+            # A hiccup (failover, slow server, blocked loop): others may have missed
+            # their heartbeats too, so give them a full TTL before reaping anyone.
+            self._connected_since = beat
+        self._last_beat = beat
         await self._reconcile_stops()
-        if time.monotonic() - self._connected_since > self.liveness_ttl:
-            lost = await self._store.reap(_time())
-            if lost:
-                logger.warning("marked %d tasks of dead instances lost", len(lost))
-                for rec in lost:
-                    event = TaskEvent(
-                        "finished",
-                        rec.task_id,
-                        rec.status,
-                        rec.finished_at or _time(),
-                        rec.user_id,
-                        rec.item_id,
-                        rec,
-                    )
-                    self.on_events((event,))
-                    if self._bus.has_peers():
-                        self._flusher.add_event(event)
+        if beat - self._connected_since > self.liveness_ttl:
+            await self._reap()
+
+    async def _reap(self) -> None:
+        lost = await self._store.reap(_time())
+        if not lost:
+            return
+        logger.warning("marked %d tasks of dead instances lost", len(lost))
+        events = [
+            TaskEvent(
+                "finished",
+                rec.task_id,
+                rec.status,
+                rec.finished_at or _time(),
+                rec.user_id,
+                rec.item_id,
+                rec,
+            )
+            for rec in lost
+        ]
+        self.on_events(events)
+        if self._bus.has_peers():
+            for event in events:
+                self._flusher.add_event(event)
 
     def _set_disconnected(self, exc: BaseException) -> None:
         if self._connected:

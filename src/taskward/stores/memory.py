@@ -182,7 +182,11 @@ class MemoryStore:
             for ids_of in candidates[1:]:
                 if len(ids_of) < len(smallest):
                     smallest = ids_of
-            ids: Sequence[str] = list(smallest)
+            if status is not None and status is not _RUNNING and smallest is candidates[-1]:
+                # A finished-status index is in finish order: list by creation.
+                ids: Sequence[str] = sorted(smallest, key=self._order.__getitem__)
+            else:
+                ids = list(smallest)
         else:
             ids = list(self._records)
         before = _decode_cursor(cursor) if cursor is not None else None
