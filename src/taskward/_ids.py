@@ -9,9 +9,11 @@ __all__ = ["MAX_ID_LENGTH", "check_id", "check_optional_id", "new_task_id"]
 
 MAX_ID_LENGTH = 256
 
-# Printable, no whitespace, none of the characters that carry meaning in keys
-# and hash tags ({ } * ? [ ] \ ") — so a caller's id can never name an internal key.
-_ID_RE = re.compile(r"[!#-)+->@-Z^-z|~\xa1-\U0010ffff]+")
+# Printable (no control, format, separator or surrogate characters), no
+# whitespace, and none of the characters that carry meaning in keys, glob
+# patterns and hash tags ({ } * ? [ ] \ "): a caller's id can never name an
+# internal key.
+_REFUSED = re.compile(r'[\s{}*?\[\]\\"]')
 
 
 class _TaskIds:
@@ -37,7 +39,7 @@ class _TaskIds:
         try:
             return self._ready.pop()
         except IndexError:
-            self._ready = self._batch(self.BATCH)
+            self._ready.extend(self._batch(self.BATCH))
             return self._ready.pop()
 
     @classmethod
@@ -53,6 +55,8 @@ class _TaskIds:
 
 
 new_task_id = _TaskIds()
+# A forked child must not hand out the ids its parent had drawn but not used.
+os.register_at_fork(after_in_child=new_task_id._ready.clear)
 
 
 def check_id(value: object, what: str) -> str:
@@ -63,7 +67,7 @@ def check_id(value: object, what: str) -> str:
         raise ValueError(f"{what} must not be empty")
     if len(value) > MAX_ID_LENGTH:
         raise ValueError(f"{what} is {len(value)} characters long; the limit is {MAX_ID_LENGTH}")
-    if _ID_RE.fullmatch(value) is None:
+    if not value.isprintable() or _REFUSED.search(value) is not None:
         raise ValueError(
             f"{what} {value!r} has a character that is not allowed "
             '(whitespace, control characters and { } * ? [ ] \\ " are refused)'

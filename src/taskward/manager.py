@@ -17,6 +17,7 @@ import os
 import socket
 import time
 from collections import OrderedDict
+from collections.abc import Coroutine
 from types import CoroutineType, TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
@@ -41,7 +42,7 @@ from .stores.base import Page, Retention
 from .stores.memory import MemoryStore
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Coroutine, Iterable, Sequence
+    from collections.abc import Callable, Iterable, Sequence
 
     from .bus.base import Bus
     from .stores.base import Store
@@ -119,9 +120,9 @@ class TaskManager:
         bus: Bus | None = None,
         prefix: str = "taskward",
         instance_id: str | None = None,
-        result_ttl: float = 3600.0,
-        max_finished: int = 10_000,
-        max_output: int = 1_000,
+        result_ttl: float | None = None,
+        max_finished: int | None = None,
+        max_output: int | None = None,
         stop_timeout: float = 5.0,
         shutdown_grace: float = 5.0,
         shutdown_timeout: float = 5.0,
@@ -144,10 +145,26 @@ class TaskManager:
             _check_positive(name, value, allow_zero=True)
         if liveness_ttl <= heartbeat_interval:
             raise ValueError("liveness_ttl must be longer than heartbeat_interval")
-        if max_backlog < 1:
-            raise ValueError("max_backlog must be at least 1")
+        _check_int("max_backlog", max_backlog, 1)
+        limits = {
+            name: value
+            for name, value in (
+                ("result_ttl", result_ttl),
+                ("max_finished", max_finished),
+                ("max_output", max_output),
+            )
+            if value is not None
+        }
+        if limits and store is not None:
+            raise ValueError(
+                f"{', '.join(limits)} configure the store this manager creates; "
+                "with store=..., give them to the store (its `retention`)"
+            )
+        defaults = Retention()
         retention = Retention(
-            result_ttl=result_ttl, max_finished=max_finished, max_output=max_output
+            result_ttl=defaults.result_ttl if result_ttl is None else result_ttl,
+            max_finished=defaults.max_finished if max_finished is None else max_finished,
+            max_output=defaults.max_output if max_output is None else max_output,
         )
         self.timeout = float(timeout)
         self.stop_timeout = float(stop_timeout)
@@ -187,6 +204,9 @@ class TaskManager:
         self._streams: list[EventStream] = []
         self._flusher = Flusher(self)
         self._housekeeper: asyncio.Task[None] | None = None
+        self._closed_event: asyncio.Event | None = None
+        # item id -> result collectors of running stop_item_tasks calls (_fence_new_task)
+        self._fences: dict[str, list[_Fence]] = {}
         self._connected = True
         self._connected_since = 0.0
         self._last_beat = 0.0
@@ -236,11 +256,14 @@ class TaskManager:
         self._started.set_result(None)
 
     async def aclose(self) -> None:
-        """Finish, cancel, record, disconnect. Idempotent."""
+        """Finish, cancel, record, disconnect. Idempotent; concurrent calls wait for the first."""
         if self._state in (_State.CLOSING, _State.CLOSED):
+            if self._closed_event is not None:
+                await self._closed_event.wait()
             return
         was_started = self._state is _State.RUNNING
         self._state = _State.CLOSING
+        closed = self._closed_event = asyncio.Event()
         try:
             if was_started:
                 await self._drain_tasks()
@@ -263,6 +286,7 @@ class TaskManager:
                 await resource.aclose()
         finally:
             self._state = _State.CLOSED
+            closed.set()
 
     async def _drain_tasks(self) -> None:
         running = [h.task for h in self._local.values() if h.task is not None and not h.task.done()]
@@ -273,7 +297,7 @@ class TaskManager:
             return
         logger.info("closing: cancelling %d running tasks", len(running))
         for handle in list(self._local.values()):
-            if handle.status is _RUNNING:
+            if handle.task is not None and not handle.task.done():
                 handle.cancel(CLOSE_REASON)
         if self.shutdown_timeout > 0:
             await asyncio.wait(running, timeout=self.shutdown_timeout)
@@ -320,7 +344,7 @@ class TaskManager:
         so nothing is left half-started.
         """
         try:
-            if type(coro) is not CoroutineType and not asyncio.iscoroutine(coro):
+            if type(coro) is not CoroutineType and not _is_coroutine(coro):
                 raise TypeError(f"create_task needs a coroutine, not {type(coro).__name__}")
             if item_id is not None:
                 check_id(item_id, "item_id")
@@ -328,6 +352,8 @@ class TaskManager:
                 check_id(user_id, "user_id")
             if name is not None and type(name) is not str:
                 raise TypeError(f"name must be a str, not {type(name).__name__}")
+            if type(channel_id) is not str or type(platform) is not str:
+                raise TypeError("channel_id and platform must be str")
             if metadata is not None and not isinstance(metadata, dict):
                 raise TypeError(f"metadata must be a dict, not {type(metadata).__name__}")
             if max_runtime is not None:
@@ -339,8 +365,7 @@ class TaskManager:
                     f"store unreachable and {len(self._local)} tasks are waiting to be written"
                 )
         except BaseException:
-            if asyncio.iscoroutine(coro):
-                coro.close()
+            _close_if_coroutine(coro)
             raise
         now = _time()
         task_id = new_task_id()
@@ -375,6 +400,8 @@ class TaskManager:
         self._flusher.mark(rec)
         if self._streams or self._bus.has_peers():
             self._emit(TaskEvent("created", task_id, _RUNNING, now, user_id, item_id, rec.copy()))
+        if self._fences and item_id is not None and item_id in self._fences:
+            self._fence_new_task(rec)
         if self._get_now is None or self._bus.has_peers():
             # A shared store: return once the task is visible to every instance.
             # Concurrent creations share the write; an unreachable store does
@@ -683,6 +710,7 @@ class TaskManager:
         Pass the `seq` of the last chunk you read as `after` to resume.
         """
         check_id(task_id, "task_id")
+        check_optional_id(user_id, "user_id")
         _check_int("after", after, 0)
         _check_int("limit", limit, 1)
         await self._ensure_started()
@@ -775,9 +803,13 @@ class TaskManager:
         `background=False` the tool is simply awaited.
         """
         wait_for = self.timeout if timeout is None else timeout
-        _check_positive("timeout", wait_for, allow_zero=True)
+        try:
+            _check_positive("timeout", wait_for, allow_zero=True)
+        except (TypeError, ValueError):
+            _close_if_coroutine(coro)
+            raise
         if not background:
-            if not asyncio.iscoroutine(coro):
+            if not _is_coroutine(coro):
                 raise TypeError(f"execute needs a coroutine, not {type(coro).__name__}")
             try:
                 return env.result_text(await coro)
@@ -862,7 +894,13 @@ class TaskManager:
             if self._streams or self._bus.has_peers():
                 self._emit(
                     TaskEvent(
-                        "stop_requested", rec.task_id, _RUNNING, now, rec.user_id, rec.item_id, rec
+                        "stop_requested",
+                        rec.task_id,
+                        _RUNNING,
+                        now,
+                        rec.user_id,
+                        rec.item_id,
+                        rec.copy(),
                     )
                 )
         rec.cancel(STOP_REASON)
@@ -876,18 +914,38 @@ class TaskManager:
         check_id(item_id, "item_id")
         check_optional_id(user_id, "user_id")
         await self._ensure_started()
-        results: dict[str, StopResult] = {}
-        for _ in range(10):  # rounds: tasks may be added while we stop the others
-            await self._flusher.sync()
-            page = await self._store.query(
-                item_id=item_id, user_id=user_id, status=_RUNNING, limit=10_000
-            )
-            ids = [rec.task_id for rec in page.records if rec.task_id not in results]
-            if not ids:
-                break
-            for result in await asyncio.gather(*(self.stop_task(i, user_id) for i in ids)):
-                results[result.task_id] = result
+        fence = _Fence(user_id)
+        self._fences.setdefault(item_id, []).append(fence)
+        results = fence.results
+        try:
+            deadline = time.monotonic() + self.stop_timeout * 2
+            while True:  # rounds: other instances may add tasks while we stop these
+                await self._flusher.sync()
+                page = await self._store.query(
+                    item_id=item_id, user_id=user_id, status=_RUNNING, limit=10_000
+                )
+                ids = [rec.task_id for rec in page.records if rec.task_id not in results]
+                if not ids or time.monotonic() > deadline:
+                    break
+                for result in await asyncio.gather(*(self.stop_task(i, user_id) for i in ids)):
+                    results[result.task_id] = result
+        finally:
+            fences = self._fences[item_id]
+            fences.remove(fence)
+            if not fences:
+                del self._fences[item_id]
         return list(results.values())
+
+    def _fence_new_task(self, rec: _Live) -> None:
+        """A task created here on an item that is being stopped is stopped at once."""
+        for fence in self._fences[rec.item_id or ""]:
+            if fence.user_id is None or fence.user_id == rec.user_id:
+                rec.stop_requested_at = _time()
+                rec.cancel(STOP_REASON)  # not started yet: recorded cancelled right here
+                fence.results[rec.task_id] = StopResult(
+                    rec.task_id, StopOutcome.CANCELLED, rec.status
+                )
+                return
 
     # -- housekeeping: liveness, reaping, stop reconciliation, reconnects ---------------
 
@@ -910,8 +968,8 @@ class TaskManager:
             self._connected_since = time.monotonic()
             logger.warning("store reachable again: re-asserted %d running tasks", len(running))
             self._flusher.resume()
-        else:
-            await self._store.heartbeat(self.instance_id, self.liveness_ttl)
+        elif not await self._store.heartbeat(self.instance_id, self.liveness_ttl):
+            await self._presumed_dead()
         beat = time.monotonic()
         if beat - started > self._beat_slow or beat - self._last_beat > self._beat_gap:
             # A hiccup (failover, slow server, blocked loop): others may have missed
@@ -922,11 +980,36 @@ class TaskManager:
         if beat - self._connected_since > self.liveness_ttl:
             await self._reap()
 
+    async def _presumed_dead(self) -> None:
+        """Our liveness had expired (a stall longer than `liveness_ttl`).
+
+        Tasks another instance has meanwhile marked `lost` stay lost (terminal
+        states never change): they are cancelled here, since nobody could read
+        their results or stop them any more. The others are re-asserted.
+        """
+        started = [r for r in self._local.values() if r.task is not None and not r.task.done()]
+        running = [rec for rec in started if rec.status is _RUNNING]
+        logger.warning("this instance's liveness had expired; checking %d tasks", len(started))
+        await self._store.heartbeat(self.instance_id, self.liveness_ttl, running)
+        stored = await self._store.get_many([rec.task_id for rec in running])
+        for rec, now in zip(running, stored, strict=True):
+            if now is not None and now.status is not _RUNNING and rec.status is _RUNNING:
+                rec.status, rec.error, rec.finished_at = now.status, now.error, now.finished_at
+        for rec in started:
+            if rec.status is not _RUNNING:
+                logger.warning(
+                    "task %s was marked %s elsewhere: cancelling it", rec.task_id, rec.status
+                )
+                rec.cancel(f"marked {rec.status.value} while this instance was presumed dead")
+                self._flusher.mark(rec)  # so it leaves the local table once written
+                if rec.waiters is not None:
+                    wake_all(rec.waiters)
+                    rec.waiters = None
+
     async def _reap(self) -> None:
         lost = await self._store.reap(_time())
         if not lost:
             return
-        logger.warning("marked %d tasks of dead instances lost", len(lost))
         events = [
             TaskEvent(
                 "finished",
@@ -951,7 +1034,10 @@ class TaskManager:
         self._flusher.pause()
 
     async def _reconcile_stops(self) -> None:
-        """Honour stop requests the bus did not deliver (or the task swallowed)."""
+        """Honour stop requests the bus did not deliver, or that a task swallowed."""
+        for rec in list(self._local.values()):
+            if rec.status is _RUNNING and rec.stop_requested_at is not None:
+                rec.cancel(STOP_REASON)  # asked before and still running: ask again
         for task_id in await self._store.pending_stops(self.instance_id):
             handle = self._local.get(task_id)
             if handle is not None and handle.status is _RUNNING:
@@ -1004,6 +1090,27 @@ def _check_positive(name: str, value: object, *, allow_zero: bool = False) -> No
         raise ValueError(
             f"{name} must be {'non-negative' if allow_zero else 'positive'}, not {value!r}"
         )
+
+
+class _Fence:
+    """What one `stop_item_tasks` call has stopped, for tasks created meanwhile."""
+
+    __slots__ = ("results", "user_id")
+
+    def __init__(self, user_id: str | None) -> None:
+        self.user_id = user_id
+        self.results: dict[str, StopResult] = {}
+
+
+def _is_coroutine(obj: object) -> bool:
+    # Not asyncio.iscoroutine: on 3.11 it also accepts plain generators.
+    return isinstance(obj, Coroutine)
+
+
+def _close_if_coroutine(obj: object) -> None:
+    """Close a coroutine we will not run, so it never warns "was never awaited"."""
+    if isinstance(obj, Coroutine):
+        obj.close()
 
 
 def _check_int(name: str, value: object, minimum: int) -> None:

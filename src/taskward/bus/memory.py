@@ -30,7 +30,10 @@ class MemoryBus:
     """
 
     def __init__(self, hub: MemoryHub | None = None) -> None:
-        self._hub = hub or MemoryHub()
+        # A hub passed in is meant to be shared: behave as if peers were there
+        # from the start, so managers started later still see everything.
+        self._shared = hub is not None
+        self._hub = hub if hub is not None else MemoryHub()
         self._instance_id: str | None = None
 
     async def start(self, instance_id: str, handlers: BusHandlers) -> None:
@@ -46,7 +49,7 @@ class MemoryBus:
             self._hub.members.pop(self._instance_id, None)
 
     def has_peers(self) -> bool:
-        return len(self._hub.members) > 1
+        return self._shared or len(self._hub.members) > 1
 
     async def publish(self, events: Sequence[TaskEvent]) -> None:
         members = self._hub.members

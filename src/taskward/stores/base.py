@@ -13,6 +13,7 @@ reads return fresh objects.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
@@ -39,12 +40,17 @@ class Retention:
     max_output: int = 1_000
 
     def __post_init__(self) -> None:
-        if self.result_ttl <= 0:
-            raise ValueError("result_ttl must be positive")
-        if self.max_finished < 1:
-            raise ValueError("max_finished must be at least 1")
-        if self.max_output < 1:
-            raise ValueError("max_output must be at least 1")
+        ttl: object = self.result_ttl
+        if isinstance(ttl, bool) or not isinstance(ttl, int | float):
+            raise TypeError(f"result_ttl must be a number, not {type(ttl).__name__}")
+        if not ttl > 0 or math.isinf(ttl):  # also refuses NaN
+            raise ValueError(f"result_ttl must be a positive number of seconds, not {ttl!r}")
+        for name in ("max_finished", "max_output"):
+            value: object = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f"{name} must be an int, not {type(value).__name__}")
+            if value < 1:
+                raise ValueError(f"{name} must be at least 1, not {value}")
 
 
 @dataclass(slots=True)
@@ -140,8 +146,11 @@ class Store(Protocol):
 
     async def heartbeat(
         self, instance_id: str, ttl: float, running: Sequence[TaskRecord] | None = None
-    ) -> None:
-        """Mark the instance alive for `ttl` seconds.
+    ) -> bool:
+        """Mark the instance alive for `ttl` seconds; return whether it still was alive.
+
+        False means its liveness had expired (or was never set): others may
+        have reaped its running tasks, so the manager checks them.
 
         With `running`, also re-assert those records as running on this instance
         (after a reconnect, when the store may have lost or reaped them): records

@@ -112,6 +112,8 @@ class MemoryStore:
                     self._instance_tasks.setdefault(rec.instance_id, {})[task_id] = None
                 else:
                     finished.append(rec)
+            elif records[task_id] is not rec and not self._replace(rec):
+                continue
             elif status is not _RUNNING and task_id in running:  # just finished
                 del running[task_id]
                 by_status[status][task_id] = None
@@ -128,6 +130,17 @@ class MemoryStore:
             stream.extend(chunks)
         if finished:
             self._evict(batch.now or time.time())
+
+    def _replace(self, rec: TaskRecord) -> bool:
+        """A new object for a known id: take it, unless the stored one is terminal.
+
+        Returns whether the caller should go on to index a status change.
+        """
+        stored = self._records[rec.task_id]
+        if stored.status is not _RUNNING:
+            return False  # terminal states never change
+        self._records[rec.task_id] = rec
+        return True
 
     def _evict(self, now: float) -> None:
         finished = self._finished
@@ -149,15 +162,22 @@ class MemoryStore:
 
     def peek(self, task_id: str) -> TaskRecord | None:
         """The stored record itself, without a copy: for the manager, which copies."""
-        return self._records.get(task_id)
+        rec = self._records.get(task_id)
+        if (
+            rec is not None
+            and rec.finished_at is not None
+            and rec.finished_at + self.retention.result_ttl <= time.time()
+        ):
+            self._evict(time.time())  # expired: gone for readers, whether or not writes come
+            return None
+        return rec
 
     async def get(self, task_id: str) -> TaskRecord | None:
-        rec = self._records.get(task_id)
+        rec = self.peek(task_id)
         return None if rec is None else rec.copy()
 
     async def get_many(self, task_ids: Sequence[str]) -> list[TaskRecord | None]:
-        records = self._records
-        return [None if (rec := records.get(i)) is None else rec.copy() for i in task_ids]
+        return [None if (rec := self.peek(i)) is None else rec.copy() for i in task_ids]
 
     async def query(
         self,
@@ -170,6 +190,8 @@ class MemoryStore:
     ) -> Page:
         if limit < 1:
             raise ValueError("limit must be at least 1")
+        if self._finished:
+            self._evict(time.time())
         candidates: list[dict[str, None]] = []
         if user_id is not None:
             candidates.append(self._index.by_user.get(user_id, {}))
@@ -239,10 +261,14 @@ class MemoryStore:
 
     async def heartbeat(
         self, instance_id: str, ttl: float, running: Sequence[TaskRecord] | None = None
-    ) -> None:
+    ) -> bool:
+        was_alive = self._alive.get(instance_id, 0.0) > time.monotonic()
         self._alive[instance_id] = time.monotonic() + ttl
         if running:
             self.save_now(WriteBatch(records=[r for r in running if not r.is_terminal]))
+        if self._finished:
+            self._evict(time.time())
+        return was_alive
 
     async def reap(self, now: float) -> list[TaskRecord]:
         clock = time.monotonic()
@@ -266,14 +292,18 @@ class MemoryStore:
         return lost
 
     async def retire(self, instance_id: str) -> None:
+        if self._instance_tasks.get(instance_id):
+            self._alive[instance_id] = 0.0  # tasks still running: leave them to the reaper
+            return
         self._alive.pop(instance_id, None)
-        if not self._instance_tasks.get(instance_id):
-            self._instance_tasks.pop(instance_id, None)
-            self._stops.pop(instance_id, None)
+        self._instance_tasks.pop(instance_id, None)
+        self._stops.pop(instance_id, None)
 
 
 def _decode_cursor(cursor: object) -> int:
     """The creation position of the last task of the previous page."""
-    if not isinstance(cursor, str) or not cursor.isdigit() or len(cursor) > 20:
+    if not isinstance(cursor, str):
+        raise TypeError(f"cursor must be a str, not {type(cursor).__name__}")
+    if not cursor.isdigit() or len(cursor) > 20:
         raise ValueError(f"malformed cursor {cursor!r}")
     return int(cursor)
