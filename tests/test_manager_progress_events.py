@@ -477,7 +477,12 @@ async def test_events_of_other_instances_arrive_through_the_bus(
         ignored = await a.create_task(value(0), user_id="bob")
         task_id = await a.create_task(work(), user_id="alice")
         events = await drain(stream, "finished")
-    assert [e.kind for e in events] == ["created", "progress", "output", "finished"]
+    # Other instances get each flush's events coalesced: a task that finished
+    # within one flush is told by its output and its finished event (with the
+    # whole record); its created and progress events add nothing.
+    kinds = [e.kind for e in events]
+    assert kinds[-2:] == ["output", "finished"]
+    assert set(kinds) <= {"created", "progress", "output", "finished"}
     assert {e.task_id for e in events} == {task_id}
     assert ignored != task_id
     assert events[-1].record is not None
@@ -498,3 +503,55 @@ async def test_events_with_a_spawned_coroutine(tm: TaskManager) -> None:
         await tm.create_task(job())
         first, second = await next_event(stream), await next_event(stream)
     assert (first.kind, second.kind) == ("created", "output")
+
+
+async def test_remote_events_of_a_long_task_arrive_in_order(
+    make_manager: Callable[..., TaskManager],
+) -> None:
+    store, hub = MemoryStore(), MemoryHub()
+    a = make_manager(store=store, bus=MemoryBus(hub))
+    b = make_manager(store=store, bus=MemoryBus(hub))
+    await b.start()
+    step = asyncio.Event()
+
+    async def work() -> str:
+        await step.wait()
+        report_progress(0.5)
+        await asyncio.sleep(0.01)
+        return "ok"
+
+    async with b.events() as stream:
+        task_id = await a.create_task(work())
+        first = await anext(stream)
+        step.set()
+        rest = await drain(stream, "finished")
+    assert (first.kind, first.task_id) == ("created", task_id)
+    assert [e.kind for e in rest] == ["progress", "finished"]
+    assert rest[0].record is not None and rest[0].record.progress == 0.5
+
+
+def test_coalesce_keeps_what_a_batch_does_not_supersede() -> None:
+    from taskward._records import TaskEvent, TaskStatus
+    from taskward._sync import coalesce
+
+    def ev(kind: str, task_id: str) -> TaskEvent:
+        return TaskEvent(kind, task_id, TaskStatus.RUNNING, 0.0)
+
+    batch = [
+        ev("created", "a"),
+        ev("progress", "a"),
+        ev("output", "a"),
+        ev("finished", "a"),
+        ev("created", "b"),
+        ev("progress", "b"),
+        ev("progress", "b"),
+        ev("stop_requested", "b"),
+    ]
+    assert [(e.kind, e.task_id) for e in coalesce(batch)] == [
+        ("output", "a"),
+        ("finished", "a"),
+        ("created", "b"),
+        ("progress", "b"),
+        ("stop_requested", "b"),
+    ]
+    assert coalesce(batch)[3] is batch[6]  # the last progress of b

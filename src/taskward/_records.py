@@ -125,23 +125,17 @@ class TaskRecord:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict of every field (status as its string value)."""
-        out: dict[str, Any] = {}
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if isinstance(value, TaskError):
-                value = value.to_dict()
-            elif isinstance(value, TaskStatus):
-                value = value.value
-            elif f.name == "metadata":
-                value = dict(value)
-            out[f.name] = value
+        out = {name: getattr(self, name) for name in _RECORD_FIELDS}
+        out["status"] = self.status.value
+        if self.error is not None:
+            out["error"] = self.error.to_dict()
+        out["metadata"] = dict(self.metadata)
         return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TaskRecord:
         """Build a record from `to_dict()` output; unknown keys are ignored."""
-        known = {f.name for f in fields(cls)}
-        kwargs = {k: v for k, v in data.items() if k in known}
+        kwargs = {k: v for k, v in data.items() if k in _RECORD_FIELDS}
         if "task_id" not in kwargs:
             raise ValueError("a task record needs a task_id")
         kwargs["status"] = TaskStatus(kwargs.get("status", TaskStatus.RUNNING))
@@ -151,6 +145,9 @@ class TaskRecord:
         elif error is not None and not isinstance(error, TaskError):
             raise ValueError(f"error must be a mapping, not {type(error).__name__}")
         return cls(**kwargs)
+
+
+_RECORD_FIELDS = tuple(f.name for f in fields(TaskRecord))
 
 
 @dataclass(slots=True, frozen=True)

@@ -139,7 +139,7 @@ class Flusher:
             self._flushing = False
         if events:
             try:
-                await manager._bus.publish(events)
+                await manager._bus.publish(coalesce(events))
             except Exception as exc:  # noqa: BLE001 - events are wake-ups; the store has the truth
                 logger.warning("could not publish %d events: %s", len(events), exc)
         wake_all(waiters)
@@ -180,6 +180,30 @@ class Flusher:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
         wake_all(self._take_waiters())
+
+
+def coalesce(events: list[TaskEvent]) -> list[TaskEvent]:
+    """Drop `created` and `progress` events a later event of the same batch supersedes.
+
+    Bus events carry the live record, encoded at publish time: a task that
+    finished in this batch is fully described by its `finished` event, and of
+    several progress events only the last says anything new. Output events all stay.
+    """
+    last: dict[str, int] = {}
+    finished: set[str] = set()
+    for i, event in enumerate(events):
+        if event.kind == "finished":
+            finished.add(event.task_id)
+        elif event.kind in ("created", "progress"):
+            last[event.task_id] = i
+    if not last:
+        return events
+    return [
+        e
+        for i, e in enumerate(events)
+        if e.kind not in ("created", "progress")
+        or (e.task_id not in finished and (e.kind == "created" or last[e.task_id] == i))
+    ]
 
 
 def wake_all(waiters: list[asyncio.Future[None]]) -> None:

@@ -399,7 +399,7 @@ class TaskManager:
         rec.task = asyncio.get_running_loop().create_task(self._run(rec, coro))
         self._flusher.mark(rec)
         if self._streams or self._bus.has_peers():
-            self._emit(TaskEvent("created", task_id, _RUNNING, now, user_id, item_id, rec.copy()))
+            self._emit("created", rec, now)
         if self._fences and item_id is not None and item_id in self._fences:
             self._fence_new_task(rec)
         if self._get_now is None or self._bus.has_peers():
@@ -462,11 +462,7 @@ class TaskManager:
                 if not fut.done():
                     fut.set_result(None)
         if self._streams or self._bus.has_peers():
-            self._emit(
-                TaskEvent(
-                    "finished", rec.task_id, status, now, rec.user_id, rec.item_id, rec.copy()
-                )
-            )
+            self._emit("finished", rec, now)
 
     def _forget(self, records: Iterable[TaskRecord]) -> None:
         """Drop local handles of tasks whose final state is now in the store.
@@ -501,30 +497,14 @@ class TaskManager:
         rec.updated_at = now = _time()
         self._flusher.mark(rec)
         if self._streams or self._bus.has_peers():
-            self._emit(
-                TaskEvent(
-                    "progress", rec.task_id, _RUNNING, now, rec.user_id, rec.item_id, rec.copy()
-                )
-            )
+            self._emit("progress", rec, now)
 
     def _on_output(self, rec: _Live, text: str) -> None:
         rec.seq += 1
         now = _time()
         self._flusher.add_output(rec.task_id, OutputChunk(rec.seq, text, now))
         if self._streams or self._bus.has_peers():
-            self._emit(
-                TaskEvent(
-                    "output",
-                    rec.task_id,
-                    rec.status,
-                    now,
-                    rec.user_id,
-                    rec.item_id,
-                    None,
-                    text,
-                    rec.seq,
-                )
-            )
+            self._emit("output", rec, now, text, rec.seq)
 
     # -- events ------------------------------------------------------------------
 
@@ -561,12 +541,45 @@ class TaskManager:
         if stream in self._streams:
             self._streams.remove(stream)
 
-    def _emit(self, event: TaskEvent) -> None:
-        for stream in self._streams:
-            if stream.matches(event):
-                stream.push(event)
+    def _emit(
+        self, kind: str, rec: TaskRecord, at: float, data: str | None = None, seq: int | None = None
+    ) -> None:
+        """Tell local streams now (with a snapshot) and other instances at the next flush.
+
+        The bus gets the live record, read when the flush encodes it, so the
+        flusher can drop a `created` or `progress` event that a later event of
+        the same flush supersedes.
+        """
+        with_record = data is None
+        if self._streams:
+            event = TaskEvent(
+                kind,
+                rec.task_id,
+                rec.status,
+                at,
+                rec.user_id,
+                rec.item_id,
+                rec.copy() if with_record else None,
+                data,
+                seq,
+            )
+            for stream in self._streams:
+                if stream.matches(event):
+                    stream.push(event)
         if self._bus.has_peers():
-            self._flusher.add_event(event)
+            self._flusher.add_event(
+                TaskEvent(
+                    kind,
+                    rec.task_id,
+                    rec.status,
+                    at,
+                    rec.user_id,
+                    rec.item_id,
+                    rec if with_record else None,
+                    data,
+                    seq,
+                )
+            )
 
     # Bus callbacks ---------------------------------------------------------------
 
@@ -892,17 +905,7 @@ class TaskManager:
         if rec.stop_requested_at is None:
             rec.stop_requested_at = now = _time()
             if self._streams or self._bus.has_peers():
-                self._emit(
-                    TaskEvent(
-                        "stop_requested",
-                        rec.task_id,
-                        _RUNNING,
-                        now,
-                        rec.user_id,
-                        rec.item_id,
-                        rec.copy(),
-                    )
-                )
+                self._emit("stop_requested", rec, now)
         rec.cancel(STOP_REASON)
 
     async def stop_item_tasks(self, item_id: str, user_id: str | None = None) -> list[StopResult]:

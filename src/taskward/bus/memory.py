@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -56,9 +57,15 @@ class MemoryBus:
         if not events or len(members) < 2:
             return
         loop = asyncio.get_running_loop()
+        snapshot: list[TaskEvent] | None = None
         for instance_id, handlers in members.items():
             if instance_id != self._instance_id and handlers.wants_events():
-                loop.call_soon(handlers.on_events, events)
+                if snapshot is None:  # as if sent over a wire: nobody shares our objects
+                    snapshot = [
+                        e if e.record is None else replace(e, record=e.record.copy())
+                        for e in events
+                    ]
+                loop.call_soon(handlers.on_events, snapshot)
 
     async def send_command(self, instance_id: str, command: dict[str, Any]) -> None:
         handlers = self._hub.members.get(instance_id)
