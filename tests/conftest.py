@@ -41,10 +41,15 @@ def redis_url() -> Iterator[str]:
 
 @pytest.fixture
 def key_prefix(redis_url: str) -> Iterator[str]:
-    """A unique ``twtest-<hex12>`` prefix; keys matching ``<prefix>*`` are deleted afterwards."""
+    """A unique ``twtest-<hex12>`` prefix; its keys are deleted afterwards.
+
+    taskward puts a prefix's keys under the hash tag ``{<prefix>}``; keys a test
+    writes by hand may start with the bare prefix. Both are cleaned.
+    """
     prefix = f"twtest-{uuid.uuid4().hex[:12]}"
     yield prefix
     delete_matching(redis_url, f"{prefix}*")
+    delete_matching(redis_url, f"\\{{{prefix}}}*")
 
 
 @pytest.fixture

@@ -84,8 +84,12 @@ class Flusher:
         self._kicked = True
         self._wakeup.set()
 
-    async def sync(self) -> None:
-        """Return once everything marked so far has been written (or the store is away)."""
+    async def sync(self, timeout: float | None = None) -> None:
+        """Return once everything marked so far has been written (or the store is away).
+
+        With `timeout`, return after that many seconds at the latest; the write
+        goes on regardless.
+        """
         if not (self._dirty or self._outputs or self._flushing) or not self._online.is_set():
             return
         if self._task is None or self._task.done():
@@ -94,7 +98,10 @@ class Flusher:
         self._sync_waiters.append(fut)
         self._kicked = True
         self._wakeup.set()
-        await fut
+        if timeout is None:
+            await fut
+        else:
+            await asyncio.wait((fut,), timeout=timeout)
 
     async def _run(self) -> None:
         while True:

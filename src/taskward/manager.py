@@ -59,6 +59,8 @@ _time = time.time
 
 STOP_REASON = "stopped on request"
 RECENT_LIMIT = 10_000
+# Longest a creation or a stop waits for its write to reach a shared store.
+SYNC_TIMEOUT = 1.0
 CLOSE_REASON = "manager closed"
 
 
@@ -205,6 +207,7 @@ class TaskManager:
         self._flusher = Flusher(self)
         self._housekeeper: asyncio.Task[None] | None = None
         self._closed_event: asyncio.Event | None = None
+        self._chores: set[asyncio.Task[Any]] = set()  # best-effort store calls in flight
         # item id -> result collectors of running stop_item_tasks calls (_fence_new_task)
         self._fences: dict[str, list[_Fence]] = {}
         self._connected = True
@@ -268,6 +271,10 @@ class TaskManager:
             if was_started:
                 await self._drain_tasks()
                 await self._flusher.aclose(self.shutdown_timeout)
+                if self._chores:
+                    await asyncio.wait(self._chores, timeout=max(self.shutdown_timeout, 0.1))
+                    for chore in self._chores:
+                        chore.cancel()
                 if self._housekeeper is not None:
                     self._housekeeper.cancel()
                     await asyncio.gather(self._housekeeper, return_exceptions=True)
@@ -404,9 +411,9 @@ class TaskManager:
             self._fence_new_task(rec)
         if self._get_now is None or self._bus.has_peers():
             # A shared store: return once the task is visible to every instance.
-            # Concurrent creations share the write; an unreachable store does
-            # not block (the task runs and is written on reconnect).
-            await self._flusher.sync()
+            # Concurrent creations share the write; an unreachable or slow store
+            # does not block for long (the task runs and is written on reconnect).
+            await self._flusher.sync(SYNC_TIMEOUT)
         return task_id
 
     async def _run(self, rec: _Live, coro: Coroutine[Any, Any, Any]) -> Any:
@@ -877,7 +884,15 @@ class TaskManager:
             if rec.status is not _RUNNING:
                 return StopResult(task_id, StopOutcome.ALREADY_FINISHED, rec.status)
             self._stop_local(handle)
-            return _stop_outcome(task_id, await self._wait_briefly(task_id))
+            if self._get_now is None and self._connected:
+                # Leave the same durable trace as a stop from elsewhere, in the
+                # background: a stop here must work while the store is away.
+                self._background(
+                    self._store.request_stop(task_id, rec.stop_requested_at or _time())
+                )
+            outcome = _stop_outcome(task_id, await self._wait_briefly(task_id))
+            await self._flusher.sync(SYNC_TIMEOUT)  # what we answer is what others read
+            return outcome
         found = await self._store.get(task_id)
         if found is None or (user_id is not None and found.user_id != user_id):
             return StopResult(task_id, StopOutcome.NOT_FOUND)
@@ -900,6 +915,17 @@ class TaskManager:
             return handle.copy() if handle is not None else await self._store.get(task_id)
         except TaskNotFound:
             return None
+
+    def _background(self, coro: Coroutine[Any, Any, Any]) -> None:
+        """Run best-effort store work without waiting for it; failures are logged."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._chores.add(task)
+        task.add_done_callback(self._chore_done)
+
+    def _chore_done(self, task: asyncio.Task[Any]) -> None:
+        self._chores.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            logger.warning("background store call failed: %s", exc)
 
     def _stop_local(self, rec: _Live) -> None:
         if rec.stop_requested_at is None:
