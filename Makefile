@@ -3,7 +3,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test check serve bench example clean
+BENCH_STAMP := .bench-venv/openwebui/.installed
+BENCH_ARGS ?=
+
+.PHONY: install test check serve bench bench-quick bench-setup example clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,8 +24,25 @@ check: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-bench: $(STAMP)
+# The baseline (open-webui 0.12.4's task code) gets a venv of its own.
+$(BENCH_STAMP): bench/setup_openwebui.sh
+	bash bench/setup_openwebui.sh
+	touch $@
+
+bench-setup: $(BENCH_STAMP)
+
+# BENCH_ARGS=--start-server runs the Redis benchmarks on a private server.
+bench: $(STAMP) $(BENCH_STAMP)
 	$(BIN)/python bench/lifecycle.py
+	$(BIN)/python bench/redis_lifecycle.py $(BENCH_ARGS)
+	$(BIN)/python bench/stop_latency.py $(BENCH_ARGS)
+	$(BIN)/python bench/liveness.py $(BENCH_ARGS)
+
+bench-quick: $(STAMP) $(BENCH_STAMP)
+	$(BIN)/python bench/lifecycle.py --sizes 10000 --repeat 2
+	$(BIN)/python bench/redis_lifecycle.py --quick $(BENCH_ARGS)
+	$(BIN)/python bench/stop_latency.py --quick $(BENCH_ARGS)
+	$(BIN)/python bench/liveness.py --quick $(BENCH_ARGS)
 
 example: $(STAMP)
 	$(BIN)/python examples/quickstart.py
@@ -30,4 +50,4 @@ example: $(STAMP)
 serve: example
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info src/*.egg-info .coverage .mypy_cache .ruff_cache
+	rm -rf $(VENV) .bench-venv build dist *.egg-info src/*.egg-info .coverage .mypy_cache .ruff_cache
