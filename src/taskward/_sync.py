@@ -127,9 +127,13 @@ class Flusher:
         waiters = self._take_waiters()
         self._dirty = {}
         self._flushing = True
+        notice = None
+        if events and (records or outputs) and manager._encode_events is not None:
+            events = coalesce(events)
+            notice = manager._encode_events(events)
         try:
             if records or outputs:
-                await manager._store.save(WriteBatch(records, outputs, time.time()))
+                await manager._store.save(WriteBatch(records, outputs, time.time(), notice))
         except StoreUnavailable as exc:
             self._requeue(records, outputs, events)
             manager._set_disconnected(exc)
@@ -144,7 +148,7 @@ class Flusher:
             manager._forget(records)
         finally:
             self._flushing = False
-        if events:
+        if events and notice is None:
             try:
                 await manager._bus.publish(coalesce(events))
             except Exception as exc:  # noqa: BLE001 - events are wake-ups; the store has the truth

@@ -61,6 +61,8 @@ STOP_REASON = "stopped on request"
 RECENT_LIMIT = 10_000
 # Longest a creation or a stop waits for its write to reach a shared store.
 SYNC_TIMEOUT = 1.0
+# How often a stop re-reads the record while it waits for the owner's event.
+STOP_POLL = 0.5
 CLOSE_REASON = "manager closed"
 
 
@@ -177,14 +179,17 @@ class TaskManager:
         self.max_backlog = max_backlog
         self.instance_id = check_id(instance_id or _default_instance_id(), "instance_id")
         self._owned: list[Any] = []  # what aclose() must close: things we created
+        # Set when store and bus share a server: events then ride on the store's write.
+        self._encode_events: Callable[[Sequence[TaskEvent]], str | None] | None = None
         if redis is not None:
             if store is not None or bus is not None:
                 raise ValueError("pass either redis or store/bus, not both")
             from ._backends import open_redis
 
-            store, bus, connection = open_redis(
+            store, bus, connection, encode = open_redis(
                 redis, prefix=prefix, retention=retention, secret=secret
             )
+            self._encode_events = encode
             self._owned.append(connection)
         self._store: Store = store if store is not None else MemoryStore(retention)
         self._bus: Bus = bus if bus is not None else MemoryBus()
@@ -202,7 +207,9 @@ class TaskManager:
         self._state = _State.NEW
         self._started: asyncio.Future[None] | None = None
         self._local: dict[str, _Live] = {}
-        self._remote_waiters: dict[str, list[asyncio.Future[None]]] = {}
+        # Futures of waits and stops for tasks of other instances, woken by their
+        # `finished` event (the event is the result; None if woken otherwise).
+        self._remote_waiters: dict[str, list[asyncio.Future[Any]]] = {}
         self._streams: list[EventStream] = []
         self._flusher = Flusher(self)
         self._housekeeper: asyncio.Task[None] | None = None
@@ -597,7 +604,9 @@ class TaskManager:
         waiters = self._remote_waiters
         for event in events:
             if event.kind == "finished" and event.task_id in waiters:
-                wake_all(waiters.pop(event.task_id))
+                for fut in waiters.pop(event.task_id):
+                    if not fut.done():
+                        fut.set_result(event)
             for stream in self._streams:
                 if stream.matches(event):
                     stream.push(event)
@@ -893,18 +902,33 @@ class TaskManager:
             outcome = _stop_outcome(task_id, await self._wait_briefly(task_id))
             await self._flusher.sync(SYNC_TIMEOUT)  # what we answer is what others read
             return outcome
-        found = await self._store.get(task_id)
-        if found is None or (user_id is not None and found.user_id != user_id):
-            return StopResult(task_id, StopOutcome.NOT_FOUND)
-        if found.status is not _RUNNING:
-            return StopResult(task_id, StopOutcome.ALREADY_FINISHED, found.status)
-        requested = await self._store.request_stop(task_id, _time())
-        if requested is None:
-            return StopResult(task_id, StopOutcome.NOT_FOUND)
-        if requested.status is not _RUNNING:
-            return StopResult(task_id, StopOutcome.ALREADY_FINISHED, requested.status)
-        await self._bus.send_command(requested.instance_id, {"op": "stop", "task_id": task_id})
-        return _stop_outcome(task_id, await self._wait_briefly(task_id))
+        # Listen for the finish before asking, so the confirmation cannot slip by.
+        fut: asyncio.Future[TaskEvent | None] = asyncio.get_running_loop().create_future()
+        self._remote_waiters.setdefault(task_id, []).append(fut)
+        try:
+            requested = await self._store.request_stop(task_id, _time(), user_id)
+            if requested is None:
+                return StopResult(task_id, StopOutcome.NOT_FOUND)
+            if requested.status is not _RUNNING:
+                return StopResult(task_id, StopOutcome.ALREADY_FINISHED, requested.status)
+            await self._bus.send_command(requested.instance_id, {"op": "stop", "task_id": task_id})
+            return await self._confirm_remote_stop(task_id, fut)
+        finally:
+            _unwait(self._remote_waiters, task_id, fut)
+
+    async def _confirm_remote_stop(
+        self, task_id: str, fut: asyncio.Future[TaskEvent | None]
+    ) -> StopResult:
+        """The owner's answer: its `finished` event, or the record if events are lost."""
+        deadline = time.monotonic() + self.stop_timeout
+        while (remaining := deadline - time.monotonic()) > 0:
+            await asyncio.wait((fut,), timeout=min(STOP_POLL, remaining))
+            if fut.done() and (event := fut.result()) is not None:
+                return _stop_outcome_of(task_id, event.status)
+            rec = await self._store.get(task_id)  # a safety net for a lost event
+            if rec is None or rec.status is not _RUNNING:
+                return _stop_outcome(task_id, rec)
+        return _stop_outcome(task_id, await self._store.get(task_id))
 
     async def _wait_briefly(self, task_id: str) -> TaskRecord | None:
         try:
@@ -1087,22 +1111,26 @@ class TaskManager:
 def _stop_outcome(task_id: str, rec: TaskRecord | None) -> StopResult:
     if rec is None:
         return StopResult(task_id, StopOutcome.NOT_FOUND)
-    if rec.status is _CANCELLED:
-        return StopResult(task_id, StopOutcome.CANCELLED, rec.status)
-    if rec.status is _RUNNING:
+    return _stop_outcome_of(task_id, rec.status)
+
+
+def _stop_outcome_of(task_id: str, status: TaskStatus) -> StopResult:
+    if status is _CANCELLED:
+        return StopResult(task_id, StopOutcome.CANCELLED, status)
+    if status is _RUNNING:
         return StopResult(
-            task_id, StopOutcome.PENDING, rec.status, "not confirmed in time; the request stays"
+            task_id, StopOutcome.PENDING, status, "not confirmed in time; the request stays"
         )
     return StopResult(
         task_id,
         StopOutcome.ALREADY_FINISHED,
-        rec.status,
-        f"the task finished as {rec.status.value} instead of being cancelled",
+        status,
+        f"the task finished as {status.value} instead of being cancelled",
     )
 
 
 def _unwait(
-    waiters: dict[str, list[asyncio.Future[None]]], task_id: str, fut: asyncio.Future[None]
+    waiters: dict[str, list[asyncio.Future[Any]]], task_id: str, fut: asyncio.Future[Any]
 ) -> None:
     futs = waiters.get(task_id)
     if futs is not None:

@@ -167,6 +167,12 @@ class RedisBus:
         """Whether another instance may be listening to events (True when unsure)."""
         return self._peers
 
+    def encode(self, events: Sequence[TaskEvent]) -> str | None:
+        """The message `publish` would send, for a store to publish with its write."""
+        if not events or self._state is not _State.RUNNING:
+            return None
+        return encode_events(self._instance_id, events)
+
     async def publish(self, events: Sequence[TaskEvent]) -> None:
         if not events or self._state is not _State.RUNNING:
             return

@@ -240,13 +240,15 @@ return out
 """
 )
 
-# ARGV after the head: task_id, at. Returns the record (HGETALL; empty if unknown).
+# ARGV after the head: task_id, at, user ('' for any). Returns the record (HGETALL;
+# empty if unknown or, with a user, another user's: the two look alike).
 REQUEST_STOP = (
     _PRELUDE
     + """
 local id = ARGV[10]
 local tk = TASK .. id
-local h = redis.call('HMGET', tk, 's', 'sr', 'o')
+local h = redis.call('HMGET', tk, 's', 'sr', 'o', 'u')
+if ARGV[12] ~= '' and h[4] ~= ARGV[12] then return {} end
 if h[1] == 'running' and not h[2] then
   redis.call('HSET', tk, 'sr', ARGV[11])
   redis.call('SADD', INST .. (h[3] or '') .. STOPS, id)

@@ -62,11 +62,15 @@ class WriteBatch:
     been saved as running (a task that finished in the turn it was created).
     `outputs`: new output chunks per task id, in order.
     `now`: the flush time, for retention.
+    `notice`: an encoded events message that a store sharing its server with the
+    bus publishes on the events channel right after the write, in the same round
+    trip (set only for such a pair; see `TaskManager`).
     """
 
     records: list[TaskRecord] = field(default_factory=list)
     outputs: dict[str, list[OutputChunk]] = field(default_factory=dict)
     now: float = 0.0
+    notice: str | None = None
 
     def __bool__(self) -> bool:
         return bool(self.records or self.outputs)
@@ -133,12 +137,15 @@ class Store(Protocol):
     ) -> list[OutputChunk]:
         """Output chunks with `seq > after`, oldest first, at most `limit`."""
 
-    async def request_stop(self, task_id: str, at: float) -> TaskRecord | None:
+    async def request_stop(
+        self, task_id: str, at: float, user_id: str | None = None
+    ) -> TaskRecord | None:
         """Durably ask the owner to stop a task; return the record as it now stands.
 
         If the task is running and has no stop request yet, set its
         `stop_requested_at` to `at` and add it to its instance's stop set, in one
-        atomic step. Returns None for an unknown task.
+        atomic step. Returns None, writing nothing, for an unknown task and, when
+        `user_id` is given, for another user's task.
         """
 
     async def pending_stops(self, instance_id: str) -> list[str]:

@@ -247,9 +247,11 @@ class MemoryStore:
 
     # -- stops and liveness ----------------------------------------------------
 
-    async def request_stop(self, task_id: str, at: float) -> TaskRecord | None:
+    async def request_stop(
+        self, task_id: str, at: float, user_id: str | None = None
+    ) -> TaskRecord | None:
         rec = self._records.get(task_id)
-        if rec is None:
+        if rec is None or (user_id is not None and rec.user_id != user_id):
             return None
         if rec.status is _RUNNING and rec.stop_requested_at is None:
             rec.stop_requested_at = at

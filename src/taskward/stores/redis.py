@@ -222,6 +222,9 @@ class RedisStore:
             return
         # Everything is read from the live records here, before the first await.
         commands = self._save_commands(batch.records, batch.outputs, batch.now)
+        if batch.notice is not None:
+            # After the write, on the same connection: whoever it wakes reads the write.
+            commands.append(["PUBLISH", self.keys.events, batch.notice])
         if len(commands) == 1:
             await self._eval_command(commands[0])
         else:
@@ -306,8 +309,10 @@ class RedisStore:
 
     # -- stops and liveness --------------------------------------------------
 
-    async def request_stop(self, task_id: str, at: float) -> TaskRecord | None:
-        reply = await self._eval(_REQUEST_STOP, (), [task_id, repr(at)])
+    async def request_stop(
+        self, task_id: str, at: float, user_id: str | None = None
+    ) -> TaskRecord | None:
+        reply = await self._eval(_REQUEST_STOP, (), [task_id, repr(at), user_id or ""])
         return decode_flat(task_id, reply)
 
     async def pending_stops(self, instance_id: str) -> list[str]:
