@@ -1021,7 +1021,10 @@ class TaskManager:
             self._connected_since = time.monotonic()
             logger.warning("store reachable again: re-asserted %d running tasks", len(running))
             self._flusher.resume()
-        elif not await self._store.heartbeat(self.instance_id, self.liveness_ttl):
+        elif (
+            not await self._store.heartbeat(self.instance_id, self.liveness_ttl)
+            and self._bus.has_peers()  # alone, nobody can have reaped our tasks
+        ):
             await self._presumed_dead()
         beat = time.monotonic()
         if beat - started > self._beat_slow or beat - self._last_beat > self._beat_gap:
