@@ -1,0 +1,158 @@
+"""TaskManager on Redis, in one process: round trips, events, and a stalled instance."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING, Any
+
+import pytest
+import redis.asyncio
+
+from taskward import TaskManager, TaskStatus
+from taskward._redis import CountingConnection
+from taskward.stores.keys import Keys
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Callable
+
+pytestmark = pytest.mark.redis
+
+
+@pytest.fixture
+async def make_manager(
+    redis_url: str, key_prefix: str
+) -> AsyncIterator[Callable[..., TaskManager]]:
+    made: list[TaskManager] = []
+
+    def make(**options: Any) -> TaskManager:
+        options.setdefault("redis", redis_url)
+        options.setdefault("prefix", key_prefix)
+        options.setdefault("shutdown_grace", 0.0)
+        options.setdefault("shutdown_timeout", 1.0)
+        tm = TaskManager(**options)
+        made.append(tm)
+        return tm
+
+    yield make
+    for tm in made:
+        await tm.aclose()
+
+
+async def value(x: object) -> object:
+    return x
+
+
+async def blocked(release: asyncio.Event) -> str:
+    await release.wait()
+    return "released"
+
+
+async def test_a_burst_of_lifecycles_costs_a_few_round_trips(
+    redis_url: str, key_prefix: str
+) -> None:
+    client = redis.asyncio.Redis.from_url(redis_url, connection_class=CountingConnection)
+    try:
+        async with TaskManager(redis=client, prefix=key_prefix) as tm:
+            await tm.wait(await tm.create_task(value(0)))  # warm up: connections, scripts
+            before = CountingConnection.round_trips
+            ids = await asyncio.gather(*(tm.create_task(value(i)) for i in range(400)))
+            results = [(await tm.wait(task_id)).result for task_id in ids]
+            used = CountingConnection.round_trips - before
+    finally:
+        await client.aclose()
+    assert results == list(range(400))
+    # One write for the whole burst (plus perhaps one for stragglers); the prior
+    # web UI's registry needs two round trips per task, 800 here.
+    assert used <= 4, used
+
+
+async def test_the_events_of_a_flush_ride_on_its_write(
+    redis_url: str, key_prefix: str, make_manager: Callable[..., TaskManager]
+) -> None:
+    client = redis.asyncio.Redis.from_url(redis_url, connection_class=CountingConnection)
+    owner = make_manager(redis=client)
+    watcher = make_manager()
+    try:
+        release = asyncio.Event()
+        task_id = await owner.create_task(blocked(release))
+        waiting = asyncio.create_task(watcher.wait(task_id, timeout=5))
+        await asyncio.sleep(0.2)  # the watcher is now waiting for the finished event
+        before = CountingConnection.round_trips
+        started = time.monotonic()
+        release.set()
+        rec = await waiting
+        took = time.monotonic() - started
+        used = CountingConnection.round_trips - before
+    finally:
+        await owner.aclose()
+        await client.aclose()
+    assert rec.status is TaskStatus.COMPLETED
+    assert rec.result == "released"
+    assert took < 1.0  # woken by the event, not the 2 s safety poll
+    assert used <= 2, used  # the save and its PUBLISH go out together (+ a heartbeat at most)
+
+
+async def test_a_stalled_instance_cancels_the_tasks_others_marked_lost(
+    redis_client: redis.asyncio.Redis,
+    key_prefix: str,
+    make_manager: Callable[..., TaskManager],
+) -> None:
+    timing = {"heartbeat_interval": 0.1, "liveness_ttl": 0.5}
+    owner = make_manager(instance_id="stalls", **timing)
+    reaper = make_manager(instance_id="reaps", **timing)
+    await reaper.start()
+    cancelled = asyncio.Event()
+
+    async def work() -> None:
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    task_id = await owner.create_task(work())
+    keys = Keys(key_prefix)
+    # The owner "stalls": its liveness vanishes as if it had missed its heartbeats.
+    assert owner._housekeeper is not None
+    owner._housekeeper.cancel()
+    await redis_client.delete(keys.alive("stalls"))
+    rec = await reaper.wait(task_id, timeout=5)
+    assert rec.status is TaskStatus.LOST
+
+    # The owner comes back: its heartbeat finds its liveness gone, so it checks its
+    # tasks, and cancels the one the others now consider lost.
+    owner._housekeeper = asyncio.create_task(owner._housekeeping())
+    await asyncio.wait_for(cancelled.wait(), timeout=5)
+    mine = await owner.get_record(task_id)
+    assert mine is not None and mine.status is TaskStatus.LOST
+    stored = await reaper.get_record(task_id)
+    assert stored is not None and stored.status is TaskStatus.LOST  # never overwritten
+
+
+async def test_a_stop_on_the_owner_is_visible_everywhere_on_return(
+    make_manager: Callable[..., TaskManager],
+) -> None:
+    owner, other = make_manager(), make_manager()
+    release = asyncio.Event()
+    task_id = await owner.create_task(blocked(release), user_id="ana")
+    result = await owner.stop_task(task_id)
+    assert result.outcome.value == "cancelled"
+    rec = await other.get_record(task_id)
+    assert rec is not None and rec.status is TaskStatus.CANCELLED
+    assert rec.stop_requested_at is not None
+
+
+async def test_a_remote_stop_of_another_users_task_writes_nothing(
+    make_manager: Callable[..., TaskManager],
+) -> None:
+    owner, other = make_manager(), make_manager()
+    release = asyncio.Event()
+    task_id = await owner.create_task(blocked(release), user_id="ana")
+    result = await other.stop_task(task_id, user_id="bo")
+    assert result.outcome.value == "not_found"
+    rec = await other.get_record(task_id)
+    assert rec is not None and rec.status is TaskStatus.RUNNING
+    assert rec.stop_requested_at is None
+    release.set()
+    assert (await other.wait(task_id, timeout=5)).result == "released"
