@@ -188,8 +188,7 @@ class Flusher:
                 len(self._outputs),
             )
         if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+            await cancel_and_wait(self._task)
         wake_all(self._take_waiters())
 
 
@@ -215,6 +214,24 @@ def coalesce(events: list[TaskEvent]) -> list[TaskEvent]:
         if e.kind not in ("created", "progress")
         or (e.task_id not in finished and (e.kind == "created" or last[e.task_id] == i))
     ]
+
+
+async def cancel_and_wait(task: asyncio.Task[None], patience: float = 1.0) -> None:
+    """Cancel a background task and wait for it, cancelling again if it shrugs it off.
+
+    redis-py on Python 3.11 can lose a cancellation that lands mid-command (its
+    reads go through `asyncio.wait_for`, CPython gh-86296), so one `cancel()` is
+    not always enough; after `patience` seconds of trying, give up with a warning.
+    """
+    deadline = time.monotonic() + patience
+    while not task.done():
+        task.cancel()
+        await asyncio.wait((task,), timeout=0.05)
+        if time.monotonic() > deadline:
+            logger.warning("background task %s did not stop when cancelled", task.get_name())
+            return
+    if not task.cancelled() and task.exception() is not None:
+        logger.warning("background task %s failed: %r", task.get_name(), task.exception())
 
 
 def wake_all(waiters: list[asyncio.Future[None]]) -> None:

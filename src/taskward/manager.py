@@ -35,7 +35,7 @@ from ._records import (
     TaskRecord,
     TaskStatus,
 )
-from ._sync import Flusher, wake_all
+from ._sync import Flusher, cancel_and_wait, wake_all
 from .bus.memory import MemoryBus
 from .errors import ManagerClosed, MaxRuntimeExceeded, StoreUnavailable, TaskNotFound, TaskTimeout
 from .stores.base import Page, Retention
@@ -283,8 +283,7 @@ class TaskManager:
                     for chore in self._chores:
                         chore.cancel()
                 if self._housekeeper is not None:
-                    self._housekeeper.cancel()
-                    await asyncio.gather(self._housekeeper, return_exceptions=True)
+                    await cancel_and_wait(self._housekeeper)
                 await self._bus.aclose()
                 try:
                     await self._store.retire(self.instance_id)
@@ -1015,11 +1014,14 @@ class TaskManager:
     async def _tick(self) -> None:
         started = time.monotonic()
         if not self._connected:
-            running = [rec for rec in self._local.values() if rec.status is _RUNNING]
-            await self._store.heartbeat(self.instance_id, self.liveness_ttl, running)
+            tasks = self._started_tasks()
+            running = [rec for rec in tasks if rec.status is _RUNNING]
+            was_alive = await self._store.heartbeat(self.instance_id, self.liveness_ttl, running)
+            logger.warning("store reachable again: re-asserted %d running tasks", len(running))
+            if not was_alive and self._bus.has_peers():
+                await self._settle_reaped(tasks, running)
             self._connected = True
             self._connected_since = time.monotonic()
-            logger.warning("store reachable again: re-asserted %d running tasks", len(running))
             self._flusher.resume()
         elif (
             not await self._store.heartbeat(self.instance_id, self.liveness_ttl)
@@ -1043,10 +1045,17 @@ class TaskManager:
         states never change): they are cancelled here, since nobody could read
         their results or stop them any more. The others are re-asserted.
         """
-        started = [r for r in self._local.values() if r.task is not None and not r.task.done()]
+        started = self._started_tasks()
         running = [rec for rec in started if rec.status is _RUNNING]
         logger.warning("this instance's liveness had expired; checking %d tasks", len(started))
         await self._store.heartbeat(self.instance_id, self.liveness_ttl, running)
+        await self._settle_reaped(started, running)
+
+    def _started_tasks(self) -> list[_Live]:
+        return [rec for rec in self._local.values() if rec.task is not None and not rec.task.done()]
+
+    async def _settle_reaped(self, started: list[_Live], running: list[_Live]) -> None:
+        """Cancel the tasks that another instance marked terminal (lost) meanwhile."""
         stored = await self._store.get_many([rec.task_id for rec in running])
         for rec, now in zip(running, stored, strict=True):
             if now is not None and now.status is not _RUNNING and rec.status is _RUNNING:
