@@ -347,14 +347,17 @@ class TaskManager:
         max_runtime: float | None = None,
         channel_id: str = "",
         platform: str = "",
+        task_id: str | None = None,
     ) -> str:
         """Start `coro` as a tracked task and return its id (a random uuid4).
 
         `item_id` groups tasks (a chat, a document); `user_id` owns it: reads,
         stops and listings that pass a user id only see that user's tasks.
         `max_runtime` (seconds) cancels the task when it runs longer, recording
-        a `MaxRuntimeExceeded` error. On bad arguments the coroutine is closed,
-        so nothing is left half-started.
+        a `MaxRuntimeExceeded` error. `task_id` chooses the id (checked like
+        every caller id; `ValueError` if a task with it is known), for callers
+        whose ids come from elsewhere, such as a chat message id. On bad
+        arguments the coroutine is closed, so nothing is left half-started.
         """
         try:
             if type(coro) is not CoroutineType and not _is_coroutine(coro):
@@ -373,6 +376,8 @@ class TaskManager:
                 _check_positive("max_runtime", max_runtime)
             if self._state is not _State.RUNNING:
                 await self.start()
+            if task_id is not None:
+                await self._check_new_id(task_id)
             if not self._connected and len(self._local) >= self.max_backlog:
                 raise StoreUnavailable(
                     f"store unreachable and {len(self._local)} tasks are waiting to be written"
@@ -381,7 +386,8 @@ class TaskManager:
             _close_if_coroutine(coro)
             raise
         now = _time()
-        task_id = new_task_id()
+        if task_id is None:
+            task_id = new_task_id()
         rec = _Live(
             task_id,
             _RUNNING,
@@ -421,6 +427,13 @@ class TaskManager:
             # does not block for long (the task runs and is written on reconnect).
             await self._flusher.sync(SYNC_TIMEOUT)
         return task_id
+
+    async def _check_new_id(self, task_id: str) -> None:
+        check_id(task_id, "task_id")
+        if self._peek(task_id, None) is not None or (
+            self._get_now is None and await self._store.get(task_id) is not None
+        ):
+            raise ValueError(f"task id {task_id!r} is already in use")
 
     async def _run(self, rec: _Live, coro: Coroutine[Any, Any, Any]) -> Any:
         rec.coro = None  # started: from here on the outcome is recorded below
