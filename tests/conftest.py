@@ -1,14 +1,18 @@
-"""Fixtures backed by real Redis/Valkey processes (see ``tests/servers.py``)."""
+"""Shared fixtures: in-process managers, and real Redis/Valkey processes and the
+instances that run on them (see ``tests/servers.py`` and ``tests/distributed_helpers.py``).
+"""
 
 from __future__ import annotations
 
 import os
 import uuid
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import redis.asyncio
 
+from distributed_helpers import ManagerFactory, WorkerPool, delete_prefix
+from helpers import Peers
 from servers import (
     HOST,
     ClusterProcesses,
@@ -17,12 +21,61 @@ from servers import (
     delete_matching,
     ping,
 )
+from taskward import TaskManager
+from taskward.stores.keys import Keys
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Iterator
+    from collections.abc import AsyncIterator, Callable, Iterator
 
 REDIS_URL_ENV = "TASKWARD_TEST_REDIS_URL"
 DEFAULT_PORT = 6379
+
+
+# -- in-process managers ---------------------------------------------------------------
+
+
+@pytest.fixture
+def manager_defaults() -> dict[str, Any]:
+    """The `TaskManager` arguments `make_manager` uses unless a test passes its own:
+    on close, running tasks are cancelled at once and waited for 1 s at most.
+
+    A test module overrides this fixture to add its own, e.g.
+    ``return {**manager_defaults, "stop_timeout": 1.0}``.
+    """
+    return {"shutdown_grace": 0.0, "shutdown_timeout": 1.0}
+
+
+@pytest.fixture
+async def make_manager(
+    manager_defaults: dict[str, Any],
+) -> AsyncIterator[Callable[..., TaskManager]]:
+    """``make_manager(**options)``: a `TaskManager` with `manager_defaults` (overridden by
+    `options`); every one made is closed after the test, the last made first."""
+    made: list[TaskManager] = []
+
+    def make(**options: Any) -> TaskManager:
+        tm = TaskManager(**{**manager_defaults, **options})
+        made.append(tm)
+        return tm
+
+    yield make
+    for tm in reversed(made):
+        await tm.aclose()
+
+
+@pytest.fixture
+async def tm(make_manager: Callable[..., TaskManager]) -> TaskManager:
+    """A manager from `make_manager` with its defaults."""
+    return make_manager()
+
+
+@pytest.fixture
+def peers(make_manager: Callable[..., TaskManager]) -> Peers:
+    """``peers(**options)``: managers from `make_manager` sharing one in-memory store and hub."""
+    return Peers(make_manager)
+
+
+# -- servers -----------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="session")
@@ -88,3 +141,29 @@ def private_sentinel() -> Iterator[SentinelProcesses]:
     """A sentinel set owned by the test (for failovers)."""
     with SentinelProcesses() as procs:
         yield procs
+
+
+# -- instances in other processes (on the shared server) --------------------------------
+
+
+@pytest.fixture
+async def keys(key_prefix: str, redis_client: redis.asyncio.Redis) -> AsyncIterator[Keys]:
+    """Keys for the test's prefix; everything under its hash tag is deleted afterwards."""
+    k = Keys(key_prefix)
+    yield k
+    await delete_prefix(redis_client, k)
+
+
+@pytest.fixture
+async def pool(redis_url: str, keys: Keys) -> AsyncIterator[WorkerPool]:
+    """Worker processes on `keys`' prefix, all reaped after the test."""
+    async with WorkerPool(redis_url, keys.prefix) as workers:
+        yield workers
+
+
+@pytest.fixture
+async def start_manager(redis_url: str, keys: Keys) -> AsyncIterator[ManagerFactory]:
+    """``await start_manager(instance_id, **options)``: a started in-process manager on
+    `keys`' prefix (one more instance beside the workers), closed after the test."""
+    async with ManagerFactory(redis_url, keys.prefix) as factory:
+        yield factory

@@ -17,11 +17,13 @@ import os
 import signal
 import sys
 import time
+from abc import ABC, abstractmethod
 from collections import deque
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 from taskward import TaskManager
+from taskward._sync import cancel_and_wait
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -59,6 +61,24 @@ REQUEST_TIMEOUT = 15.0
 STDERR_LINES = 300
 #: Seconds an in-process manager may take to close before the test calls it hung.
 CLOSE_TIMEOUT = 15.0
+
+
+class _AsyncClosing(ABC):
+    """An async context manager that returns itself and calls `aclose()` on exit."""
+
+    @abstractmethod
+    async def aclose(self) -> None: ...
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
 
 
 class WorkerError(RuntimeError):
@@ -333,7 +353,7 @@ class Worker:
         await asyncio.gather(*self._readers, return_exceptions=True)
 
 
-class WorkerPool:
+class WorkerPool(_AsyncClosing):
     """Starts workers for one test and reaps them all on exit (an async context manager)."""
 
     def __init__(self, redis_url: str, prefix: str, **defaults: Any) -> None:
@@ -358,19 +378,8 @@ class WorkerPool:
     async def aclose(self) -> None:
         await asyncio.gather(*(w.aclose() for w in self.workers))
 
-    async def __aenter__(self) -> Self:
-        return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
-
-
-class ManagerFactory:
+class ManagerFactory(_AsyncClosing):
     """In-process `TaskManager`s (the test process as one more instance), closed on exit.
 
     Defaults to a short heartbeat (0.2 s) and liveness TTL (1 s) and no shutdown grace;
@@ -400,24 +409,14 @@ class ManagerFactory:
                 "ignored its cancellation (closed here by cancelling it again)"
             )
 
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
-
 
 async def close_manager(tm: TaskManager, timeout: float = CLOSE_TIMEOUT) -> bool:
-    """`tm.aclose()`, bounded: False if it hung (then its tasks are cancelled until it ends).
+    """`tm.aclose()`, bounded: False if it hung (then the manager's background tasks are
+    cancelled, with the manager's own `cancel_and_wait`, until it ends).
 
     redis-py on Python 3.11 can swallow the cancellation of a task that is inside a
-    Redis call, and `aclose()` waits for its housekeeping task without a bound; a test
-    must report that, not hang the whole run.
+    Redis call; `aclose()` must not wait on such a task without a bound, and if it
+    does, a test must report that, not hang the whole run.
     """
     closer = asyncio.create_task(tm.aclose())
     done, _ = await asyncio.wait([closer], timeout=timeout)
@@ -425,16 +424,15 @@ async def close_manager(tm: TaskManager, timeout: float = CLOSE_TIMEOUT) -> bool
         closer.result()
         return True
     while not closer.done():
-        for task in asyncio.all_tasks():
-            if task.get_name().startswith("taskward-") and not task.done():
-                task.cancel()
+        stuck = [t for t in asyncio.all_tasks() if t.get_name().startswith("taskward-")]
+        await asyncio.gather(*(cancel_and_wait(t, patience=0.2) for t in stuck))
         await asyncio.wait([closer], timeout=0.2)
     with contextlib.suppress(Exception):
         closer.result()
     return False
 
 
-class TcpProxy:
+class TcpProxy(_AsyncClosing):
     """A loopback TCP proxy to a server: `cut()` partitions whoever connects through it.
 
     While cut, open connections are reset and new ones refused; `heal()` listens
@@ -494,17 +492,13 @@ class TcpProxy:
             writer.transport.abort()
             self._writers.discard(writer)
 
+    async def aclose(self) -> None:
+        """The same as `cut()`."""
+        await self.cut()
+
     async def __aenter__(self) -> Self:
         await self.heal()
         return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.cut()
 
 
 # -- probes ------------------------------------------------------------------------------

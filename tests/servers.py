@@ -20,6 +20,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Self
@@ -274,7 +275,50 @@ def _kill_leftovers() -> None:
         server.kill()
 
 
-class ServerProcess:
+class _Started(ABC):
+    """A context manager: ``start()`` on entering (``close()`` if that fails), ``close()`` on
+    leaving."""
+
+    @abstractmethod
+    def start(self) -> Self: ...
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    def __enter__(self) -> Self:
+        try:
+            return self.start()
+        except BaseException:
+            self.close()
+            raise
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class _ProcessGroup(_Started):
+    """Several processes, each in a directory of its own under one temporary ``root``."""
+
+    def __init__(self, kind: str, binary: ServerBinary | None, startup_timeout: float) -> None:
+        self.binary = binary if binary is not None else find_server_binary()
+        self.startup_timeout = startup_timeout
+        self.root = Path(tempfile.mkdtemp(prefix=f"taskward-{kind}-"))
+
+    @abstractmethod
+    def stop(self) -> None: ...
+
+    def close(self) -> None:
+        """Stop everything and remove the directories."""
+        self.stop()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+class ServerProcess(_Started):
     """A standalone server on a free loopback port, no persistence, in a temp directory.
 
     ``stop()``/``kill()`` end the process but keep the directory so ``restart()`` can reuse
@@ -461,21 +505,6 @@ class ServerProcess:
         if self._own_dir:
             shutil.rmtree(self.directory, ignore_errors=True)
 
-    def __enter__(self) -> Self:
-        try:
-            return self.start()
-        except BaseException:
-            self.close()
-            raise
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
     # -- helpers
 
     def log_tail(self, lines: int = 40) -> str:
@@ -512,7 +541,7 @@ def _stop_all(servers: Iterable[ServerProcess], timeout: float = 5.0) -> None:
 # --------------------------------------------------------------------------- cluster
 
 
-class ClusterProcesses:
+class ClusterProcesses(_ProcessGroup):
     """A real cluster of ``masters`` masters (no replicas) on free loopback ports.
 
     Slots are assigned with ``redis-cli --cluster create`` when a CLI is on PATH and
@@ -530,12 +559,11 @@ class ClusterProcesses:
     ) -> None:
         if masters < 3:
             raise ValueError("a cluster needs at least 3 masters")
-        self.binary = binary if binary is not None else find_server_binary()
-        self.startup_timeout = startup_timeout
-        self.cli = _find_cli() if use_cli is not False else None
-        if use_cli and self.cli is None:
+        cli = _find_cli() if use_cli is not False else None
+        if use_cli and cli is None:
             raise ServerNotFoundError("use_cli=True but no redis-cli/valkey-cli on PATH")
-        self.root = Path(tempfile.mkdtemp(prefix="taskward-cluster-"))
+        super().__init__("cluster", binary, startup_timeout)
+        self.cli = cli
         self.nodes = [
             ServerProcess(
                 binary=self.binary,
@@ -628,26 +656,6 @@ class ClusterProcesses:
         """Stop every node (directories kept)."""
         _stop_all(self.nodes)
 
-    def close(self) -> None:
-        """Stop every node and remove the directories."""
-        self.stop()
-        shutil.rmtree(self.root, ignore_errors=True)
-
-    def __enter__(self) -> Self:
-        try:
-            return self.start()
-        except BaseException:
-            self.close()
-            raise
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
 
 # --------------------------------------------------------------------------- sentinel
 
@@ -712,7 +720,7 @@ class SentinelProcess(ServerProcess):
         return (str(reply[0]), int(reply[1]))
 
 
-class SentinelProcesses:
+class SentinelProcesses(_ProcessGroup):
     """A master, ``replicas`` replicas and ``sentinels`` sentinels on free loopback ports.
 
     Defaults: master name ``mymaster``, quorum 2, down-after 1000 ms, failover-timeout
@@ -732,10 +740,8 @@ class SentinelProcesses:
         binary: ServerBinary | None = None,
         startup_timeout: float = 30.0,
     ) -> None:
-        self.binary = binary if binary is not None else find_server_binary()
+        super().__init__("sentinel", binary, startup_timeout)
         self.master_name = master_name
-        self.startup_timeout = startup_timeout
-        self.root = Path(tempfile.mkdtemp(prefix="taskward-sentinel-"))
         # No 5 s wait before the initial full sync; applies to promoted replicas too.
         fast_sync = ["--repl-diskless-sync-delay", "0"]
         self.servers: list[ServerProcess] = [
@@ -868,23 +874,3 @@ class SentinelProcesses:
         _stop_all(self.sentinel_processes)
         _stop_all(self.replicas)
         self.master.stop()
-
-    def close(self) -> None:
-        """Stop everything and remove the directories."""
-        self.stop()
-        shutil.rmtree(self.root, ignore_errors=True)
-
-    def __enter__(self) -> Self:
-        try:
-            return self.start()
-        except BaseException:
-            self.close()
-            raise
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()

@@ -23,7 +23,6 @@ from distributed_helpers import (
     TcpProxy,
     WorkerPool,
     close_manager,
-    delete_prefix,
     eventually,
     index_size,
     members,
@@ -34,8 +33,6 @@ from taskward import StopOutcome, TaskManager, TaskRecord, TaskStatus
 from taskward.stores.keys import Keys
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
-
     from servers import ServerProcess
 
 pytestmark = pytest.mark.redis
@@ -43,25 +40,6 @@ pytestmark = pytest.mark.redis
 logger = logging.getLogger(__name__)
 
 LONG = 60.0
-
-
-@pytest.fixture
-async def keys(key_prefix: str, redis_client: redis.asyncio.Redis) -> AsyncIterator[Keys]:
-    k = Keys(key_prefix)
-    yield k
-    await delete_prefix(redis_client, k)
-
-
-@pytest.fixture
-async def pool(redis_url: str, keys: Keys) -> AsyncIterator[WorkerPool]:
-    async with WorkerPool(redis_url, keys.prefix) as workers:
-        yield workers
-
-
-@pytest.fixture
-async def make_manager(redis_url: str, keys: Keys) -> AsyncIterator[ManagerFactory]:
-    async with ManagerFactory(redis_url, keys.prefix) as factory:
-        yield factory
 
 
 def statuses(hashes: dict[str, dict[str, str]], ids: list[str]) -> list[str | None]:
@@ -73,12 +51,12 @@ def statuses(hashes: dict[str, dict[str, str]], ids: list[str]) -> list[str | No
 
 @pytest.mark.slow
 async def test_the_tasks_of_a_killed_worker_are_lost_within_five_seconds(
-    pool: WorkerPool, make_manager: ManagerFactory, keys: Keys, redis_client: redis.asyncio.Redis
+    pool: WorkerPool, start_manager: ManagerFactory, keys: Keys, redis_client: redis.asyncio.Redis
 ) -> None:
     # The defaults: heartbeat every 1 s, liveness TTL 3 s, everywhere.
     defaults = {"heartbeat": 1.0, "liveness_ttl": 3.0}
     doomed, survivor = await pool.launch_many("worker-doomed", "worker-survivor", **defaults)
-    here = await make_manager("observer", heartbeat_interval=1.0, liveness_ttl=3.0)
+    here = await start_manager("observer", heartbeat_interval=1.0, liveness_ttl=3.0)
     doomed_ids = [await doomed.create("sleep", seconds=LONG, user_id="u1") for _ in range(5)]
     kept_ids = [await survivor.create("sleep", seconds=LONG, user_id="u1") for _ in range(5)]
     waiter = asyncio.create_task(here.wait(doomed_ids[0], timeout=15.0))
@@ -134,7 +112,7 @@ async def lost_within_five_seconds(
 
 
 async def test_a_healthy_instance_is_never_presumed_dead(
-    pool: WorkerPool, make_manager: ManagerFactory, keys: Keys, redis_client: redis.asyncio.Redis
+    pool: WorkerPool, start_manager: ManagerFactory, keys: Keys, redis_client: redis.asyncio.Redis
 ) -> None:
     """Heartbeats that arrive in time must not send an instance down its recovery path.
 
@@ -142,7 +120,7 @@ async def test_a_healthy_instance_is_never_presumed_dead(
     running tasks would rewrite all of them each heartbeat.
     """
     worker = await pool.launch("worker-a", log_level="INFO")
-    await make_manager("observer")
+    await start_manager("observer")
     ids = await worker.burst(50, "sleep", seconds=LONG)
     await asyncio.sleep(1.5)  # seven heartbeats, all well within the 1 s TTL
     assert await worker.running_count() == len(ids)
@@ -173,10 +151,10 @@ async def test_a_redis_outage_with_data_loss(
     keys = Keys(key_prefix)
     async with (
         WorkerPool(url, key_prefix) as pool,
-        ManagerFactory(url, key_prefix) as make_manager,
+        ManagerFactory(url, key_prefix) as start_manager,
     ):
         worker = await pool.launch("worker-a", retry_budget=retry_budget)
-        here = await make_manager("observer")
+        here = await start_manager("observer")
         keep = [await worker.create("sleep", seconds=LONG, user_id="u1") for _ in range(3)]
         ending = [
             await worker.create("sleep", seconds=1.0, result=f"r{i}", user_id="u1")
@@ -259,7 +237,7 @@ async def test_a_redis_outage_with_data_loss(
 )
 async def test_an_instance_cut_off_longer_than_its_ttl_cancels_what_was_marked_lost(
     pool: WorkerPool,
-    make_manager: ManagerFactory,
+    start_manager: ManagerFactory,
     keys: Keys,
     redis_client: redis.asyncio.Redis,
     redis_url: str,
@@ -276,7 +254,7 @@ async def test_an_instance_cut_off_longer_than_its_ttl_cancels_what_was_marked_l
     )
     async with TcpProxy(host, port) as proxy:
         worker = await pool.launch("worker-a", redis_url=proxy.url, retry_budget=retry_budget)
-        here = await make_manager("observer")
+        here = await start_manager("observer")
         long_ids = [await worker.create("sleep", seconds=LONG) for _ in range(2)]
         ending = await worker.create("sleep", seconds=1.5, result="too late")
 

@@ -17,7 +17,6 @@ import pytest
 from distributed_helpers import (
     ManagerFactory,
     WorkerPool,
-    delete_prefix,
     eventually,
     index_size,
     scan_keys,
@@ -25,35 +24,15 @@ from distributed_helpers import (
     timed,
 )
 from taskward import TaskNotFound, TaskStatus
-from taskward.stores.keys import Keys
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
-
     import redis.asyncio
+
+    from taskward.stores.keys import Keys
 
 pytestmark = pytest.mark.redis
 
 BURST = 500
-
-
-@pytest.fixture
-async def keys(key_prefix: str, redis_client: redis.asyncio.Redis) -> AsyncIterator[Keys]:
-    k = Keys(key_prefix)
-    yield k
-    await delete_prefix(redis_client, k)
-
-
-@pytest.fixture
-async def pool(redis_url: str, keys: Keys) -> AsyncIterator[WorkerPool]:
-    async with WorkerPool(redis_url, keys.prefix) as workers:
-        yield workers
-
-
-@pytest.fixture
-async def make_manager(redis_url: str, keys: Keys) -> AsyncIterator[ManagerFactory]:
-    async with ManagerFactory(redis_url, keys.prefix) as factory:
-        yield factory
 
 
 # -- no ghosts --------------------------------------------------------------------------
@@ -69,13 +48,13 @@ async def make_manager(redis_url: str, keys: Keys) -> AsyncIterator[ManagerFacto
 )
 async def test_a_burst_of_trivial_tasks_leaves_no_ghosts(
     pool: WorkerPool,
-    make_manager: ManagerFactory,
+    start_manager: ManagerFactory,
     keys: Keys,
     redis_client: redis.asyncio.Redis,
     shape: dict[str, Any],
 ) -> None:
     worker = await pool.launch("worker-a")
-    await make_manager("observer")  # a peer: the worker publishes events as well
+    await start_manager("observer")  # a peer: the worker publishes events as well
     ids = await worker.burst(BURST, result="done", item_id="chat-1", user_id="u1", **shape)
     assert len(set(ids)) == BURST
 
@@ -101,10 +80,10 @@ async def test_a_burst_of_trivial_tasks_leaves_no_ghosts(
 
 
 async def test_bursts_on_two_workers_at_once_leave_no_ghosts(
-    pool: WorkerPool, make_manager: ManagerFactory, keys: Keys, redis_client: redis.asyncio.Redis
+    pool: WorkerPool, start_manager: ManagerFactory, keys: Keys, redis_client: redis.asyncio.Redis
 ) -> None:
     a, b = await pool.launch_many("worker-a", "worker-b")
-    here = await make_manager("observer")
+    here = await start_manager("observer")
     on_a, on_b = await asyncio.gather(
         a.burst(BURST // 2, "sleep", seconds=0.02, jitter=True, item_id="chat-2"),
         b.burst(BURST // 2, "noop", item_id="chat-2"),
@@ -126,11 +105,11 @@ async def test_bursts_on_two_workers_at_once_leave_no_ghosts(
 
 
 async def test_a_wait_on_another_instance_is_woken_by_the_finish_event(
-    pool: WorkerPool, make_manager: ManagerFactory
+    pool: WorkerPool, start_manager: ManagerFactory
 ) -> None:
     owner = await pool.launch("worker-a")
     other = await pool.launch("worker-b")
-    here = await make_manager("observer")
+    here = await start_manager("observer")
     first = await owner.create("sleep", seconds=1.0, result={"answer": 42}, user_id="u1")
     second = await owner.create("sleep", seconds=1.2, result="two")
 
@@ -154,10 +133,10 @@ async def test_a_wait_on_another_instance_is_woken_by_the_finish_event(
 
 
 async def test_await_result_of_another_users_task_is_not_found(
-    pool: WorkerPool, make_manager: ManagerFactory
+    pool: WorkerPool, start_manager: ManagerFactory
 ) -> None:
     owner = await pool.launch("worker-a")
-    here = await make_manager("observer")
+    here = await start_manager("observer")
     task_id = await owner.create("sleep", seconds=0.3, user_id="u1")
     envelope = json.loads(await here.await_result(task_id, timeout=2.0, user_id="u2"))
     assert envelope["status"] == "not_found"
@@ -169,10 +148,12 @@ async def test_await_result_of_another_users_task_is_not_found(
 
 
 async def test_progress_and_output_are_readable_from_another_instance(
-    pool: WorkerPool, make_manager: ManagerFactory, keys: Keys, redis_client: redis.asyncio.Redis
+    pool: WorkerPool, start_manager: ManagerFactory, keys: Keys, redis_client: redis.asyncio.Redis
 ) -> None:
+    # The observer first: the owner then knows from its start that someone listens
+    # (a bus learns of later listeners from their announcement, a moment later).
+    here = await start_manager("observer", max_output=5, result_ttl=1.5)
     owner = await pool.launch("worker-a", max_output=5, result_ttl=1.5)
-    here = await make_manager("observer", max_output=5, result_ttl=1.5)
     steps = 20
     async with here.events(kinds=["output", "progress"]) as stream:
         task_id = await owner.create(
@@ -235,11 +216,11 @@ async def test_progress_and_output_are_readable_from_another_instance(
 
 
 async def test_finished_records_and_their_index_entries_expire(
-    pool: WorkerPool, make_manager: ManagerFactory, keys: Keys, redis_client: redis.asyncio.Redis
+    pool: WorkerPool, start_manager: ManagerFactory, keys: Keys, redis_client: redis.asyncio.Redis
 ) -> None:
     ttl = 1.0
     a, b = await pool.launch_many("worker-a", "worker-b", result_ttl=ttl)
-    here = await make_manager("observer", result_ttl=ttl)
+    here = await start_manager("observer", result_ttl=ttl)
     done = await a.burst(30, "noop", user_id="u1", item_id="chat-3")
     failed = await b.create("fail", user_id="u1", item_id="chat-3", message="on purpose")
     alive = await b.create("sleep", seconds=60.0, user_id="u1", item_id="chat-3")
@@ -275,10 +256,10 @@ async def test_finished_records_and_their_index_entries_expire(
 
 
 async def test_listing_pages_with_a_cursor_across_instances(
-    pool: WorkerPool, make_manager: ManagerFactory
+    pool: WorkerPool, start_manager: ManagerFactory
 ) -> None:
     a, b = await pool.launch_many("worker-a", "worker-b")
-    here = await make_manager("observer")
+    here = await start_manager("observer")
     created: list[str] = []
     for i in range(12):  # alternate owners, one at a time: a known creation order
         worker = a if i % 2 == 0 else b

@@ -19,37 +19,16 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import redis.asyncio
 
-from distributed_helpers import ManagerFactory, WorkerPool, delete_prefix, eventually
+from distributed_helpers import ManagerFactory, WorkerPool, eventually
 from taskward import StopOutcome, TaskStatus, TaskTimeout
-from taskward.stores.keys import Keys
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
-
     from servers import ServerProcess
+    from taskward.stores.keys import Keys
 
 pytestmark = pytest.mark.redis
 
 LONG = 60.0  # seconds a "long" task sleeps: it only ends when stopped
-
-
-@pytest.fixture
-async def keys(key_prefix: str, redis_client: redis.asyncio.Redis) -> AsyncIterator[Keys]:
-    k = Keys(key_prefix)
-    yield k
-    await delete_prefix(redis_client, k)
-
-
-@pytest.fixture
-async def pool(redis_url: str, keys: Keys) -> AsyncIterator[WorkerPool]:
-    async with WorkerPool(redis_url, keys.prefix) as workers:
-        yield workers
-
-
-@pytest.fixture
-async def make_manager(redis_url: str, keys: Keys) -> AsyncIterator[ManagerFactory]:
-    async with ManagerFactory(redis_url, keys.prefix) as factory:
-        yield factory
 
 
 def sign(secret: str, channel: str, body: str, stamp: str) -> str:
@@ -66,13 +45,13 @@ def stop_body(task_id: str) -> str:
 
 
 async def test_stop_from_another_process_is_confirmed(
-    pool: WorkerPool, make_manager: ManagerFactory
+    pool: WorkerPool, start_manager: ManagerFactory
 ) -> None:
     # The owner re-reads stop requests only every 5 s: a stop confirmed well within a
     # second was delivered by pub/sub and confirmed by the owner's event.
     owner = await pool.launch("worker-a", heartbeat=5.0, liveness_ttl=15.0)
     other = await pool.launch("worker-b")
-    here = await make_manager("observer")
+    here = await start_manager("observer")
     t1 = await owner.create("sleep", seconds=LONG, user_id="u1", item_id="chat-1")
     t2 = await owner.create("sleep", seconds=LONG, user_id="u1")
     t3 = await owner.create("sleep", seconds=LONG, user_id="u1")
@@ -112,12 +91,12 @@ async def test_stop_from_another_process_is_confirmed(
 
 async def test_a_task_that_swallows_cancellation_is_reported_pending(
     pool: WorkerPool,
-    make_manager: ManagerFactory,
+    start_manager: ManagerFactory,
     keys: Keys,
     redis_client: redis.asyncio.Redis,
 ) -> None:
     owner = await pool.launch("worker-a")  # reconciles stop requests every 0.2 s
-    here = await make_manager("observer", stop_timeout=1.0)
+    here = await start_manager("observer", stop_timeout=1.0)
     task_id = await owner.create("swallow-cancel", seconds=3.0)
 
     start = time.monotonic()
@@ -147,11 +126,11 @@ async def test_a_task_that_swallows_cancellation_is_reported_pending(
 
 
 async def test_a_pending_stop_on_the_owner_itself_is_durable_too(
-    pool: WorkerPool, make_manager: ManagerFactory
+    pool: WorkerPool, start_manager: ManagerFactory
 ) -> None:
     """Stopping on the owner instance must leave the same durable trace as a remote stop."""
     owner = await pool.launch("worker-a", stop_timeout=1.0)
-    here = await make_manager("observer")
+    here = await start_manager("observer")
     task_id = await owner.create("swallow-cancel", seconds=3.0)
 
     answer = await owner.stop(task_id)
@@ -166,7 +145,7 @@ async def test_a_pending_stop_on_the_owner_itself_is_durable_too(
 
 async def test_a_confirmed_stop_is_visible_to_every_instance_on_return(
     pool: WorkerPool,
-    make_manager: ManagerFactory,
+    start_manager: ManagerFactory,
     keys: Keys,
     redis_client: redis.asyncio.Redis,
     monkeypatch: pytest.MonkeyPatch,
@@ -177,7 +156,7 @@ async def test_a_confirmed_stop_is_visible_to_every_instance_on_return(
     server would be: whatever it answers must already be in the store.
     """
     other = await pool.launch("worker-b")
-    here = await make_manager("observer")
+    here = await start_manager("observer")
     client: Any = here._store.client  # type: ignore[attr-defined]
     send = client.execute_command
 
@@ -214,10 +193,10 @@ async def test_a_stop_survives_a_killed_pubsub_connection(
     heartbeat = 1.0  # the owner's reconcile interval
     async with (
         WorkerPool(private_redis.url, key_prefix) as pool,
-        ManagerFactory(private_redis.url, key_prefix) as make_manager,
+        ManagerFactory(private_redis.url, key_prefix) as start_manager,
     ):
         owner = await pool.launch("worker-a", heartbeat=heartbeat, liveness_ttl=3.0)
-        here = await make_manager("observer")
+        here = await start_manager("observer")
         task_id = await owner.create("sleep", seconds=LONG)
 
         client = redis.asyncio.Redis.from_url(private_redis.url)
@@ -242,11 +221,11 @@ async def test_a_stop_survives_a_killed_pubsub_connection(
 
 
 async def test_a_dropped_stop_command_is_honoured_from_the_store(
-    pool: WorkerPool, make_manager: ManagerFactory, monkeypatch: pytest.MonkeyPatch
+    pool: WorkerPool, start_manager: ManagerFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     heartbeat = 1.0
     owner = await pool.launch("worker-a", heartbeat=heartbeat, liveness_ttl=3.0)
-    here = await make_manager("observer")
+    here = await start_manager("observer")
     task_id = await owner.create("sleep", seconds=LONG)
     dropped: list[tuple[str, dict[str, Any]]] = []
 
@@ -332,14 +311,14 @@ def garbage_events(running: list[str]) -> list[bytes]:
 
 async def test_malformed_and_foreign_messages_are_skipped(
     pool: WorkerPool,
-    make_manager: ManagerFactory,
+    start_manager: ManagerFactory,
     keys: Keys,
     redis_client: redis.asyncio.Redis,
 ) -> None:
     # Long heartbeats: only the bus can make the final stops fast.
     a = await pool.launch("worker-a", heartbeat=5.0, liveness_ttl=15.0)
     b = await pool.launch("worker-b", heartbeat=5.0, liveness_ttl=15.0)
-    here = await make_manager("observer", heartbeat_interval=5.0, liveness_ttl=15.0)
+    here = await start_manager("observer", heartbeat_interval=5.0, liveness_ttl=15.0)
     on_a = await a.create("sleep", seconds=LONG)
     on_b = await b.create("sleep", seconds=LONG)
     # Listeners that decode events: a waiter here (for on_a) and one on worker A (for on_b).
@@ -381,12 +360,12 @@ async def test_malformed_and_foreign_messages_are_skipped(
 
 async def test_a_forged_finished_event_does_not_end_a_wait(
     pool: WorkerPool,
-    make_manager: ManagerFactory,
+    start_manager: ManagerFactory,
     keys: Keys,
     redis_client: redis.asyncio.Redis,
 ) -> None:
     owner = await pool.launch("worker-a")
-    here = await make_manager("observer")
+    here = await start_manager("observer")
     task_id = await owner.create("sleep", seconds=LONG)
     forged = [
         "finished",
@@ -417,13 +396,13 @@ async def test_a_forged_finished_event_does_not_end_a_wait(
 
 async def test_with_a_shared_secret_only_signed_commands_stop(
     pool: WorkerPool,
-    make_manager: ManagerFactory,
+    start_manager: ManagerFactory,
     keys: Keys,
     redis_client: redis.asyncio.Redis,
 ) -> None:
     secret = "s3cret-shared-by-the-fleet"
     owner = await pool.launch("worker-a", secret=secret)  # reconciles every 0.2 s
-    here = await make_manager("observer", secret=secret)
+    here = await start_manager("observer", secret=secret)
 
     first = await owner.create("sleep", seconds=LONG)
     start = time.monotonic()
@@ -467,11 +446,11 @@ async def test_with_a_shared_secret_only_signed_commands_stop(
 
 
 async def test_a_stop_from_an_instance_with_the_wrong_secret_still_lands(
-    pool: WorkerPool, make_manager: ManagerFactory
+    pool: WorkerPool, start_manager: ManagerFactory
 ) -> None:
     """Its command is refused, but its durable request is honoured on the owner's timer."""
     owner = await pool.launch("worker-a", secret="right", heartbeat=0.5, liveness_ttl=2.0)
-    misconfigured = await make_manager("observer", secret="wrong")
+    misconfigured = await start_manager("observer", secret="wrong")
     task_id = await owner.create("sleep", seconds=LONG)
 
     result = await misconfigured.stop_task(task_id)
@@ -480,10 +459,10 @@ async def test_a_stop_from_an_instance_with_the_wrong_secret_still_lands(
 
 
 async def test_stops_of_many_tasks_across_instances_all_land(
-    pool: WorkerPool, make_manager: ManagerFactory
+    pool: WorkerPool, start_manager: ManagerFactory
 ) -> None:
     a, b = await pool.launch_many("worker-a", "worker-b")
-    here = await make_manager("observer")
+    here = await start_manager("observer")
     on_a = [await a.create("sleep", seconds=LONG, item_id="chat-9") for _ in range(20)]
     on_b = [await b.create("sleep", seconds=LONG, item_id="chat-9") for _ in range(20)]
 

@@ -62,12 +62,12 @@ async def test_the_whole_lifecycle_across_instances_on_a_cluster(
     try:
         async with (
             WorkerPool(cluster.url, key_prefix) as pool,
-            ManagerFactory(cluster.url, key_prefix) as make_manager,
+            ManagerFactory(cluster.url, key_prefix) as start_manager,
         ):
             # Owner A re-reads stop requests only every 5 s: fast stops come over pub/sub.
             a = await pool.launch("worker-a", heartbeat=5.0, liveness_ttl=15.0, max_output=3)
             b = await pool.launch("worker-b")
-            here = await make_manager("observer")
+            here = await start_manager("observer")
             await lifecycle_on(cluster_client, keys, a, b, here)
     finally:
         await delete_prefix(cluster_client, keys)
@@ -135,10 +135,10 @@ async def test_no_outcome_is_lost_when_the_master_fails_over(
     keys = Keys(key_prefix)
     async with (
         WorkerPool(url, key_prefix) as pool,
-        ManagerFactory(url, key_prefix) as make_manager,
+        ManagerFactory(url, key_prefix) as start_manager,
     ):
         worker = await pool.launch("worker-a")
-        here = await make_manager("observer")
+        here = await start_manager("observer")
         # Finishing every 0.25 s for 5 s: before, during and after the failover.
         finishing = [
             await worker.create("sleep", seconds=0.25 * i, result=f"r{i}", user_id="u1")

@@ -7,17 +7,15 @@ liveness across instances.
 from __future__ import annotations
 
 import asyncio
-import gc
 import inspect
 import logging
 import time
 import uuid
-import warnings
-from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from helpers import Peers, blocked, fail, forever, no_unawaited_coroutines, swallow, value
 from taskward import (
     TERMINAL,
     ManagerClosed,
@@ -28,65 +26,10 @@ from taskward import (
     TaskTimeout,
     current_task_id,
 )
-from taskward.bus.memory import MemoryBus, MemoryHub
 from taskward.stores.memory import MemoryStore
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable, Iterator
-
-
-@pytest.fixture
-async def make_manager() -> AsyncIterator[Callable[..., TaskManager]]:
-    """Managers with short shutdown phases, all closed after the test."""
-    made: list[TaskManager] = []
-
-    def make(**kwargs: Any) -> TaskManager:
-        kwargs.setdefault("shutdown_grace", 0.0)
-        kwargs.setdefault("shutdown_timeout", 1.0)
-        tm = TaskManager(**kwargs)
-        made.append(tm)
-        return tm
-
-    yield make
-    for tm in reversed(made):
-        await tm.aclose()
-
-
-@pytest.fixture
-async def tm(make_manager: Callable[..., TaskManager]) -> TaskManager:
-    return make_manager()
-
-
-@contextmanager
-def no_unawaited_coroutines() -> Iterator[None]:
-    """Fail if a coroutine was garbage collected without being awaited or closed."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        yield
-        gc.collect()
-    unawaited = [str(w.message) for w in caught if "never awaited" in str(w.message)]
-    assert unawaited == []
-
-
-async def value(x: Any) -> Any:
-    return x
-
-
-async def blocked(release: asyncio.Event, started: asyncio.Event | None = None) -> str:
-    if started is not None:
-        started.set()
-    await release.wait()
-    return "released"
-
-
-async def forever(started: asyncio.Event | None = None) -> None:
-    if started is not None:
-        started.set()
-    await asyncio.Event().wait()
-
-
-async def fail(message: str) -> None:
-    raise RuntimeError(message)
+    from collections.abc import Callable
 
 
 # -- ids, statuses, records ------------------------------------------------------------------
@@ -509,24 +452,13 @@ async def test_aclose_without_grace_cancels_unstarted_tasks_without_warnings() -
         assert rec.status is TaskStatus.CANCELLED
 
 
-async def stubborn(release: asyncio.Event, started: asyncio.Event) -> str:
-    """Ignores every cancellation until `release` is set."""
-    started.set()
-    while not release.is_set():
-        try:
-            await release.wait()
-        except asyncio.CancelledError:
-            continue
-    return "late"
-
-
 async def test_aclose_records_a_straggler_as_lost_and_logs_it(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     store = MemoryStore()
     tm = TaskManager(store=store, shutdown_grace=0, shutdown_timeout=0.1)
     release, started = asyncio.Event(), asyncio.Event()
-    task_id = await tm.create_task(stubborn(release, started))
+    task_id = await tm.create_task(swallow(started, release))
     await started.wait()
     with caplog.at_level(logging.WARNING, logger="taskward"):
         start = time.monotonic()
@@ -552,7 +484,7 @@ async def test_shutdown_timeout_zero_does_not_wait_for_stragglers() -> None:
     store = MemoryStore()
     tm = TaskManager(store=store, shutdown_grace=0, shutdown_timeout=0)
     release, started = asyncio.Event(), asyncio.Event()
-    task_id = await tm.create_task(stubborn(release, started))
+    task_id = await tm.create_task(swallow(started, release))
     await started.wait()
     loop = asyncio.get_running_loop()
     loop.call_later(1.0, release.set)  # bounds the test if aclose() waits for the straggler
@@ -581,11 +513,10 @@ async def test_records_are_readable_through_the_store_after_close() -> None:
 
 
 async def test_a_second_manager_reads_and_waits_for_anothers_task(
-    make_manager: Callable[..., TaskManager],
+    peers: Peers,
 ) -> None:
-    store, hub = MemoryStore(), MemoryHub()
-    a = make_manager(store=store, bus=MemoryBus(hub), instance_id="inst-a")
-    b = make_manager(store=store, bus=MemoryBus(hub), instance_id="inst-b")
+    a = peers(instance_id="inst-a")
+    b = peers(instance_id="inst-b")
     await b.start()
     release = asyncio.Event()
     task_id = await a.create_task(blocked(release), "chat", user_id="alice")
@@ -612,12 +543,11 @@ async def test_a_second_manager_reads_and_waits_for_anothers_task(
 
 
 async def test_a_task_is_visible_to_a_manager_started_after_its_creation(
-    make_manager: Callable[..., TaskManager],
+    peers: Peers,
 ) -> None:
     """Once create_task returns, every manager on the store can find the task."""
-    store, hub = MemoryStore(), MemoryHub()
-    a = make_manager(store=store, bus=MemoryBus(hub))
-    b = make_manager(store=store, bus=MemoryBus(hub))  # not started yet: lazily, below
+    a = peers()
+    b = peers()  # not started yet: lazily, below
     release = asyncio.Event()
     task_id = await a.create_task(blocked(release), "chat")
     seen = await b.get_record(task_id)
@@ -627,12 +557,11 @@ async def test_a_task_is_visible_to_a_manager_started_after_its_creation(
 
 
 async def test_tasks_of_a_manager_that_stopped_heartbeating_are_marked_lost(
-    make_manager: Callable[..., TaskManager],
+    peers: Peers,
 ) -> None:
-    store, hub = MemoryStore(), MemoryHub()
     timing: dict[str, Any] = {"heartbeat_interval": 0.05, "liveness_ttl": 0.3}
-    a = make_manager(store=store, bus=MemoryBus(hub), instance_id="inst-a", **timing)
-    b = make_manager(store=store, bus=MemoryBus(hub), instance_id="inst-b", **timing)
+    a = peers(instance_id="inst-a", **timing)
+    b = peers(instance_id="inst-b", **timing)
     await b.start()
     release = asyncio.Event()
     task_id = await a.create_task(blocked(release), user_id="alice")
@@ -655,10 +584,10 @@ async def test_tasks_of_a_manager_that_stopped_heartbeating_are_marked_lost(
 
 
 async def test_reap_after_the_alive_deadline_marks_running_tasks_lost(
-    make_manager: Callable[..., TaskManager],
+    peers: Peers,
 ) -> None:
-    store, hub = MemoryStore(), MemoryHub()
-    a = make_manager(store=store, bus=MemoryBus(hub), heartbeat_interval=0.05, liveness_ttl=0.2)
+    store = peers.store
+    a = peers(heartbeat_interval=0.05, liveness_ttl=0.2)
     release = asyncio.Event()
     task_id = await a.create_task(blocked(release))
     done = await a.create_task(value(1))
@@ -683,13 +612,11 @@ async def test_reap_after_the_alive_deadline_marks_running_tasks_lost(
 
 
 async def test_aclose_cancels_a_task_a_peer_marked_lost(
-    make_manager: Callable[..., TaskManager],
+    peers: Peers,
 ) -> None:
     """Marked lost while this instance stalled; closing must still stop the coroutine."""
-    store, hub = MemoryStore(), MemoryHub()
-    a = make_manager(
-        store=store,
-        bus=MemoryBus(hub),
+    store = peers.store
+    a = peers(
         heartbeat_interval=0.05,
         liveness_ttl=0.2,
         shutdown_timeout=0.2,
@@ -722,3 +649,16 @@ async def test_aclose_cancels_a_task_a_peer_marked_lost(
     rec = await store.get(task_id)
     assert rec is not None
     assert rec.status is TaskStatus.LOST
+
+
+async def test_a_caller_chosen_task_id_is_used_once(tm: TaskManager) -> None:
+    task_id = await tm.create_task(value(1), task_id="message-42")
+    assert task_id == "message-42"
+    assert (await tm.wait(task_id, timeout=2)).result == 1
+    again = value(2)
+    with pytest.raises(ValueError, match="already in use"):
+        await tm.create_task(again, task_id="message-42")
+    with pytest.raises(ValueError):
+        await tm.create_task(value(3), task_id="has space")
+    with pytest.raises(TypeError):
+        await tm.create_task(value(3), task_id=42)  # type: ignore[arg-type]

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from helpers import Peers, forever, value
 from taskward import (
     EventStream,
     ManagerClosed,
@@ -21,44 +22,15 @@ from taskward import (
     emit,
     report_progress,
 )
-from taskward.bus.memory import MemoryBus, MemoryHub
-from taskward.stores.memory import MemoryStore
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable, Coroutine
+    from collections.abc import Callable, Coroutine
 
 
 @pytest.fixture
-async def make_manager() -> AsyncIterator[Callable[..., TaskManager]]:
-    """Managers with short stop and shutdown phases, all closed after the test."""
-    made: list[TaskManager] = []
-
-    def make(**kwargs: Any) -> TaskManager:
-        kwargs.setdefault("stop_timeout", 1.0)
-        kwargs.setdefault("shutdown_grace", 0.0)
-        kwargs.setdefault("shutdown_timeout", 1.0)
-        tm = TaskManager(**kwargs)
-        made.append(tm)
-        return tm
-
-    yield make
-    for tm in reversed(made):
-        await tm.aclose()
-
-
-@pytest.fixture
-async def tm(make_manager: Callable[..., TaskManager]) -> TaskManager:
-    return make_manager()
-
-
-async def value(x: Any) -> Any:
-    return x
-
-
-async def forever(started: asyncio.Event | None = None) -> None:
-    if started is not None:
-        started.set()
-    await asyncio.Event().wait()
+def manager_defaults(manager_defaults: dict[str, Any]) -> dict[str, Any]:
+    """Short stops, too."""
+    return {**manager_defaults, "stop_timeout": 1.0}
 
 
 async def emitting(items: list[Any], release: asyncio.Event | None = None) -> str:
@@ -461,11 +433,9 @@ async def test_events_of_a_closed_manager(make_manager: Callable[..., TaskManage
 
 
 async def test_events_of_other_instances_arrive_through_the_bus(
-    make_manager: Callable[..., TaskManager],
+    peers: Peers,
 ) -> None:
-    store, hub = MemoryStore(), MemoryHub()
-    a = make_manager(store=store, bus=MemoryBus(hub))
-    b = make_manager(store=store, bus=MemoryBus(hub))
+    a, b = peers(), peers()
     await b.start()
 
     async def work() -> str:
@@ -506,11 +476,9 @@ async def test_events_with_a_spawned_coroutine(tm: TaskManager) -> None:
 
 
 async def test_remote_events_of_a_long_task_arrive_in_order(
-    make_manager: Callable[..., TaskManager],
+    peers: Peers,
 ) -> None:
-    store, hub = MemoryStore(), MemoryHub()
-    a = make_manager(store=store, bus=MemoryBus(hub))
-    b = make_manager(store=store, bus=MemoryBus(hub))
+    a, b = peers(), peers()
     await b.start()
     step = asyncio.Event()
 

@@ -9,43 +9,23 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import redis.asyncio
 
+from helpers import blocked, value
 from taskward import TaskManager, TaskStatus
 from taskward._redis import CountingConnection
 from taskward.stores.keys import Keys
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable
+    from collections.abc import Callable
 
 pytestmark = pytest.mark.redis
 
 
 @pytest.fixture
-async def make_manager(
-    redis_url: str, key_prefix: str
-) -> AsyncIterator[Callable[..., TaskManager]]:
-    made: list[TaskManager] = []
-
-    def make(**options: Any) -> TaskManager:
-        options.setdefault("redis", redis_url)
-        options.setdefault("prefix", key_prefix)
-        options.setdefault("shutdown_grace", 0.0)
-        options.setdefault("shutdown_timeout", 1.0)
-        tm = TaskManager(**options)
-        made.append(tm)
-        return tm
-
-    yield make
-    for tm in made:
-        await tm.aclose()
-
-
-async def value(x: object) -> object:
-    return x
-
-
-async def blocked(release: asyncio.Event) -> str:
-    await release.wait()
-    return "released"
+def manager_defaults(
+    manager_defaults: dict[str, Any], redis_url: str, key_prefix: str
+) -> dict[str, Any]:
+    """Managers on the shared server, under the test's prefix."""
+    return {**manager_defaults, "redis": redis_url, "prefix": key_prefix}
 
 
 async def test_a_burst_of_lifecycles_costs_a_few_round_trips(
@@ -113,9 +93,11 @@ async def test_a_stalled_instance_cancels_the_tasks_others_marked_lost(
 
     task_id = await owner.create_task(work())
     keys = Keys(key_prefix)
-    # The owner "stalls": its liveness vanishes as if it had missed its heartbeats.
-    assert owner._housekeeper is not None
+    # The owner "stalls" (a frozen process): its heartbeats stop, loop and thread
+    # alike, and its liveness vanishes.
+    assert owner._housekeeper is not None and owner._pulse is not None
     owner._housekeeper.cancel()
+    await asyncio.to_thread(owner._pulse.stop)
     await redis_client.delete(keys.alive("stalls"))
     rec = await reaper.wait(task_id, timeout=5)
     assert rec.status is TaskStatus.LOST
@@ -156,3 +138,37 @@ async def test_a_remote_stop_of_another_users_task_writes_nothing(
     assert rec.stop_requested_at is None
     release.set()
     assert (await other.wait(task_id, timeout=5)).result == "released"
+
+
+async def test_a_blocked_event_loop_does_not_make_an_instance_look_dead(
+    redis_url: str, key_prefix: str, redis_client: redis.asyncio.Redis
+) -> None:
+    """Liveness is kept by a thread: a loop blocked past the TTL loses no task."""
+    async with TaskManager(
+        redis=redis_url,
+        prefix=key_prefix,
+        instance_id="busy",
+        heartbeat_interval=0.1,
+        liveness_ttl=0.4,
+    ):
+        alive_key = Keys(key_prefix).alive("busy")
+        time.sleep(1.0)  # noqa: ASYNC251 - blocking the loop on purpose, 2.5x the TTL
+        assert await redis_client.exists(alive_key) == 1
+    assert await redis_client.exists(alive_key) == 0  # retired: the pulse stopped first
+
+
+async def test_without_a_pulse_a_blocked_loop_lets_liveness_lapse(
+    redis_url: str, key_prefix: str, redis_client: redis.asyncio.Redis
+) -> None:
+    """The control for the test above: the same stall, the thread switched off."""
+    tm = TaskManager(
+        redis=redis_url,
+        prefix=key_prefix,
+        instance_id="busy",
+        heartbeat_interval=0.1,
+        liveness_ttl=0.4,
+    )
+    tm._make_pulse = None
+    async with tm:
+        time.sleep(1.0)  # noqa: ASYNC251 - blocking the loop on purpose
+        assert await redis_client.exists(Keys(key_prefix).alive("busy")) == 0

@@ -4,45 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pytest
 
+from helpers import blocked, value
 from taskward import Retention, TaskManager, TaskNotFound, TaskStatus, emit
 from taskward.stores.memory import MemoryStore
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable
-
-
-@pytest.fixture
-async def make_manager() -> AsyncIterator[Callable[..., TaskManager]]:
-    """Managers with short shutdown phases, all closed after the test."""
-    made: list[TaskManager] = []
-
-    def make(**kwargs: Any) -> TaskManager:
-        kwargs.setdefault("shutdown_grace", 0.0)
-        kwargs.setdefault("shutdown_timeout", 1.0)
-        tm = TaskManager(**kwargs)
-        made.append(tm)
-        return tm
-
-    yield make
-    for tm in reversed(made):
-        await tm.aclose()
-
-
-async def value(x: Any) -> Any:
-    return x
+    from collections.abc import Callable
 
 
 async def noop() -> None:
     return None
-
-
-async def blocked(release: asyncio.Event) -> str:
-    await release.wait()
-    return "released"
 
 
 def memory_store(tm: TaskManager) -> MemoryStore:

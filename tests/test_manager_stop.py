@@ -3,73 +3,59 @@
 from __future__ import annotations
 
 import asyncio
-import gc
 import inspect
 import json
 import time
 import uuid
-import warnings
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from taskward import StopOutcome, StopResult, TaskManager, TaskStatus
-from taskward.bus.memory import MemoryBus, MemoryHub
-from taskward.stores.memory import MemoryStore
+from helpers import Peers, forever, no_unawaited_coroutines, swallow, value
+from taskward import StopOutcome, StopResult, TaskManager, TaskRecord, TaskStatus
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable
+    from collections.abc import Callable
 
 
 @pytest.fixture
-async def make_manager() -> AsyncIterator[Callable[..., TaskManager]]:
-    """Managers with short stop and shutdown phases, all closed after the test."""
-    made: list[TaskManager] = []
-
-    def make(**kwargs: Any) -> TaskManager:
-        kwargs.setdefault("stop_timeout", 1.0)
-        kwargs.setdefault("shutdown_grace", 0.0)
-        kwargs.setdefault("shutdown_timeout", 1.0)
-        tm = TaskManager(**kwargs)
-        made.append(tm)
-        return tm
-
-    yield make
-    for tm in reversed(made):
-        await tm.aclose()
+def manager_defaults(manager_defaults: dict[str, Any]) -> dict[str, Any]:
+    """Short stops, too."""
+    return {**manager_defaults, "stop_timeout": 1.0}
 
 
 @pytest.fixture
-async def tm(make_manager: Callable[..., TaskManager]) -> TaskManager:
-    return make_manager()
-
-
-@pytest.fixture
-async def pair(make_manager: Callable[..., TaskManager]) -> tuple[TaskManager, TaskManager]:
+async def pair(peers: Peers) -> tuple[TaskManager, TaskManager]:
     """Two started managers (instances) sharing one store and one hub."""
-    store, hub = MemoryStore(), MemoryHub()
     timing: dict[str, Any] = {"heartbeat_interval": 0.1, "liveness_ttl": 0.5}
-    a = make_manager(store=store, bus=MemoryBus(hub), instance_id="inst-a", **timing)
-    b = make_manager(store=store, bus=MemoryBus(hub), instance_id="inst-b", **timing)
+    a = peers(instance_id="inst-a", **timing)
+    b = peers(instance_id="inst-b", **timing)
     await a.start()
     await b.start()
     return a, b
-
-
-async def forever(started: asyncio.Event | None = None) -> None:
-    if started is not None:
-        started.set()
-    await asyncio.Event().wait()
-
-
-async def value(x: Any) -> Any:
-    return x
 
 
 async def status_of(tm: TaskManager, task_id: str) -> TaskStatus:
     rec = await tm.get_record(task_id)
     assert rec is not None
     return rec.status
+
+
+async def stop_swallowed_once(owner: TaskManager, stopper: TaskManager) -> TaskRecord:
+    """`stopper` stops a task of `owner` that swallows the first cancellation.
+
+    The stop is pending at first; returns the record the task ends with (waited
+    for on `stopper`, 2 s at most).
+    """
+    started, release = asyncio.Event(), asyncio.Event()
+    task_id = await owner.create_task(swallow(started, release, times=1))
+    await started.wait()
+    result = await stopper.stop_task(task_id)
+    assert result.outcome is StopOutcome.PENDING
+    try:
+        return await stopper.wait(task_id, timeout=2)
+    finally:
+        release.set()
 
 
 # -- stop_task on this instance ------------------------------------------------------------
@@ -198,26 +184,12 @@ async def test_a_task_that_swallows_the_cancel_and_raises_is_failed(tm: TaskMana
     assert result.status is TaskStatus.FAILED
 
 
-async def swallow(started: asyncio.Event, release: asyncio.Event, times: int) -> str:
-    """Swallow the first `times` cancellations, then let them through; end on `release`."""
-    started.set()
-    swallowed = 0
-    while not release.is_set():
-        try:
-            await release.wait()
-        except asyncio.CancelledError:
-            swallowed += 1
-            if swallowed > times:
-                raise
-    return "released"
-
-
 async def test_a_task_that_keeps_running_is_pending_and_the_request_stays(
     make_manager: Callable[..., TaskManager],
 ) -> None:
     tm = make_manager(stop_timeout=0.1)
     started, release = asyncio.Event(), asyncio.Event()
-    task_id = await tm.create_task(swallow(started, release, times=1_000_000))
+    task_id = await tm.create_task(swallow(started, release))
     await started.wait()
     start = time.monotonic()
     result = await tm.stop_task(task_id)
@@ -239,15 +211,7 @@ async def test_a_pending_stop_is_retried_until_the_task_is_cancelled(
 ) -> None:
     """The request stays: the housekeeping tick cancels the task again."""
     tm = make_manager(stop_timeout=0.1, heartbeat_interval=0.1, liveness_ttl=0.5)
-    started, release = asyncio.Event(), asyncio.Event()
-    task_id = await tm.create_task(swallow(started, release, times=1))
-    await started.wait()
-    result = await tm.stop_task(task_id)
-    assert result.outcome is StopOutcome.PENDING
-    try:
-        rec = await tm.wait(task_id, timeout=2)
-    finally:
-        release.set()
+    rec = await stop_swallowed_once(tm, tm)
     assert rec.status is TaskStatus.CANCELLED
     assert rec.error is not None
     assert rec.error.type == "CancelledError"
@@ -260,17 +224,14 @@ async def test_stop_a_task_before_it_ever_ran(tm: TaskManager) -> None:
         nonlocal ran
         ran = True
 
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    with no_unawaited_coroutines():
         coro = work()
         task_id = await tm.create_task(coro)
         result = await tm.stop_task(task_id)  # no await between: the task has not run
         assert inspect.getcoroutinestate(coro) == inspect.CORO_CLOSED
         del coro
         await asyncio.sleep(0.01)
-        gc.collect()
     assert not ran
-    assert [str(w.message) for w in caught if "never awaited" in str(w.message)] == []
     assert result.outcome is StopOutcome.CANCELLED
     rec = await tm.get_record(task_id)
     assert rec is not None
@@ -382,7 +343,7 @@ async def test_stop_item_tasks_reports_a_swallowing_task_as_pending(
 ) -> None:
     tm = make_manager(stop_timeout=0.1)
     started, release = asyncio.Event(), asyncio.Event()
-    stubborn = await tm.create_task(swallow(started, release, times=1_000_000), "chat")
+    stubborn = await tm.create_task(swallow(started, release), "chat")
     normal = await tm.create_task(forever(), "chat")
     await started.wait()
     results = {r.task_id: r for r in await tm.stop_item_tasks("chat")}
@@ -434,20 +395,11 @@ async def test_a_second_manager_stops_an_items_tasks_on_both(
 
 
 async def test_a_remote_stop_swallowed_once_is_retried_by_the_owner(
-    make_manager: Callable[..., TaskManager],
+    peers: Peers,
 ) -> None:
-    store, hub = MemoryStore(), MemoryHub()
     timing: dict[str, Any] = {"heartbeat_interval": 0.1, "liveness_ttl": 0.5}
-    a = make_manager(store=store, bus=MemoryBus(hub), **timing)
-    b = make_manager(store=store, bus=MemoryBus(hub), stop_timeout=0.1, **timing)
+    a = peers(**timing)
+    b = peers(stop_timeout=0.1, **timing)
     await b.start()
-    started, release = asyncio.Event(), asyncio.Event()
-    task_id = await a.create_task(swallow(started, release, times=1))
-    await started.wait()
-    result = await b.stop_task(task_id)
-    assert result.outcome is StopOutcome.PENDING
-    try:
-        rec = await b.wait(task_id, timeout=2)
-    finally:
-        release.set()
+    rec = await stop_swallowed_once(a, b)
     assert rec.status is TaskStatus.CANCELLED

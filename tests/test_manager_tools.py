@@ -10,36 +10,17 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from helpers import Peers, blocked, fail, forever, value
 from taskward import TaskManager, TaskStatus, report_progress
-from taskward.bus.memory import MemoryBus, MemoryHub
-from taskward.stores.memory import MemoryStore
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable
+    from collections.abc import Callable
 
 
 @pytest.fixture
-async def make_manager() -> AsyncIterator[Callable[..., TaskManager]]:
-    """Managers with short timeouts, all closed after the test."""
-    made: list[TaskManager] = []
-
-    def make(**kwargs: Any) -> TaskManager:
-        kwargs.setdefault("timeout", 0.5)
-        kwargs.setdefault("stop_timeout", 1.0)
-        kwargs.setdefault("shutdown_grace", 0.0)
-        kwargs.setdefault("shutdown_timeout", 1.0)
-        tm = TaskManager(**kwargs)
-        made.append(tm)
-        return tm
-
-    yield make
-    for tm in reversed(made):
-        await tm.aclose()
-
-
-@pytest.fixture
-async def tm(make_manager: Callable[..., TaskManager]) -> TaskManager:
-    return make_manager()
+def manager_defaults(manager_defaults: dict[str, Any]) -> dict[str, Any]:
+    """Short waits and stops, too."""
+    return {**manager_defaults, "timeout": 0.5, "stop_timeout": 1.0}
 
 
 def parse(text: str) -> dict[str, Any]:
@@ -48,26 +29,6 @@ def parse(text: str) -> dict[str, Any]:
     assert isinstance(data, dict)
     assert text == json.dumps(data, separators=(",", ":"), ensure_ascii=False)
     return data
-
-
-async def value(x: Any) -> Any:
-    return x
-
-
-async def blocked(release: asyncio.Event, result: Any = "released") -> Any:
-    await release.wait()
-    return result
-
-
-async def forever(started: asyncio.Event | None = None) -> None:
-    if started is not None:
-        started.set()
-    await asyncio.Event().wait()
-
-
-async def fail(message: str = "tool broke") -> None:
-    await asyncio.sleep(0)
-    raise RuntimeError(message)
 
 
 # -- execute ---------------------------------------------------------------------------------
@@ -274,17 +235,16 @@ async def test_get_result_of_a_cancelled_task(tm: TaskManager) -> None:
     assert envelope["error"]["type"] == "CancelledError"
 
 
-async def test_get_result_of_a_lost_task(make_manager: Callable[..., TaskManager]) -> None:
-    store, hub = MemoryStore(), MemoryHub()
-    a = make_manager(store=store, bus=MemoryBus(hub), heartbeat_interval=0.05, liveness_ttl=0.2)
-    b = make_manager(store=store, bus=MemoryBus(hub))
+async def test_get_result_of_a_lost_task(peers: Peers) -> None:
+    a = peers(heartbeat_interval=0.05, liveness_ttl=0.2)
+    b = peers()
     await b.start()
     release = asyncio.Event()
     task_id = await a.create_task(blocked(release))
     assert a._housekeeper is not None
     a._housekeeper.cancel()  # A stops heartbeating
     await asyncio.sleep(0.3)
-    await store.reap(time.time())
+    await peers.store.reap(time.time())
     envelope = parse(await b.get_result(task_id))
     assert envelope["status"] == "lost"
     assert envelope["error"]["type"] == "TaskLost"

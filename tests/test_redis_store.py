@@ -18,7 +18,7 @@ from taskward.stores.keys import Keys
 from taskward.stores.redis import RedisStore
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Awaitable, Callable
+    from collections.abc import Awaitable, Callable
 
     from servers import ServerProcess
 
@@ -40,20 +40,6 @@ def finish(
     r.status = status
     r.finished_at = r.updated_at = at
     return r
-
-
-async def delete_prefix(client: redis.asyncio.Redis, keys: Keys) -> None:
-    found = [k async for k in client.scan_iter(match=keys.pattern, count=1000)]
-    if found:
-        await client.unlink(*found)
-
-
-@pytest.fixture
-async def keys(key_prefix: str, redis_client: redis.asyncio.Redis) -> AsyncIterator[Keys]:
-    """Keys for the test's prefix; everything under its hash tag is deleted afterwards."""
-    k = Keys(key_prefix)
-    yield k
-    await delete_prefix(redis_client, k)
 
 
 @pytest.fixture

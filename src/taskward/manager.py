@@ -44,6 +44,7 @@ from .stores.memory import MemoryStore
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Sequence
 
+    from ._pulse import Pulse
     from .bus.base import Bus
     from .stores.base import Store
 
@@ -181,16 +182,19 @@ class TaskManager:
         self._owned: list[Any] = []  # what aclose() must close: things we created
         # Set when store and bus share a server: events then ride on the store's write.
         self._encode_events: Callable[[Sequence[TaskEvent]], str | None] | None = None
+        # A liveness thread (see _pulse.py), where the store can give one.
+        self._make_pulse: Callable[[str, float, float], Pulse | None] | None = None
+        self._pulse: Pulse | None = None
         if redis is not None:
             if store is not None or bus is not None:
                 raise ValueError("pass either redis or store/bus, not both")
             from ._backends import open_redis
 
-            store, bus, connection, encode = open_redis(
-                redis, prefix=prefix, retention=retention, secret=secret
-            )
-            self._encode_events = encode
-            self._owned.append(connection)
+            backend = open_redis(redis, prefix=prefix, retention=retention, secret=secret)
+            store, bus = backend.store, backend.bus
+            self._encode_events = backend.encode_events
+            self._make_pulse = backend.pulse
+            self._owned.append(backend.connection)
         self._store: Store = store if store is not None else MemoryStore(retention)
         self._bus: Bus = bus if bus is not None else MemoryBus()
         self.retention = self._store.retention
@@ -253,6 +257,12 @@ class TaskManager:
             await self._store.start()
             await self._store.heartbeat(self.instance_id, self.liveness_ttl)
             await self._bus.start(self.instance_id, self)
+            if self._make_pulse is not None:
+                self._pulse = self._make_pulse(
+                    self.instance_id, self.liveness_ttl, self.heartbeat_interval
+                )
+                if self._pulse is not None:
+                    self._pulse.start()
         except BaseException as exc:
             self._state = _State.NEW
             started, self._started = self._started, None
@@ -285,6 +295,8 @@ class TaskManager:
                 if self._housekeeper is not None:
                     await cancel_and_wait(self._housekeeper)
                 await self._bus.aclose()
+                if self._pulse is not None:
+                    await asyncio.to_thread(self._pulse.stop)  # before retiring: no more beats
                 try:
                     await self._store.retire(self.instance_id)
                 except StoreUnavailable:

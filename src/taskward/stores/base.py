@@ -154,10 +154,11 @@ class Store(Protocol):
     async def heartbeat(
         self, instance_id: str, ttl: float, running: Sequence[TaskRecord] | None = None
     ) -> bool:
-        """Mark the instance alive for `ttl` seconds; return whether it still was alive.
+        """Mark the instance alive for `ttl` seconds; return whether it still was.
 
-        False means its liveness had expired (or was never set): others may
-        have reaped its running tasks, so the manager checks them.
+        False means its liveness had lapsed: the instance is new, the store
+        lost its data, or a reaper may have taken it for dead (its running
+        tasks may be `lost`), so the manager checks and re-asserts them.
 
         With `running`, also re-assert those records as running on this instance
         (after a reconnect, when the store may have lost or reaped them): records

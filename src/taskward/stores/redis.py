@@ -328,7 +328,8 @@ class RedisStore:
     ) -> bool:
         keys = self.keys
         commands: list[list[Any]] = [
-            # GET (Redis 6.2+): the old value tells whether our liveness had expired.
+            # GET (Redis 6.2+): no old value means our liveness had lapsed, or the
+            # server lost its data. (A liveness thread only ever extends the key.)
             ["SET", keys.alive(instance_id), "1", "PX", max(1, int(ttl * 1000)), "GET"],
             ["SADD", keys.instances, instance_id],
         ]

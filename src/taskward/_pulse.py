@@ -1,0 +1,148 @@
+"""Liveness from a thread: an instance is alive while its process is, not while its loop is free.
+
+The manager's own heartbeat runs on the event loop. A loop blocked for longer
+than `liveness_ttl` (a synchronous model load, a CPU-bound parse) would let the
+instance's liveness key expire and have its running tasks reaped as `lost`,
+although nothing died: the failure the prior systems have, only sooner. A
+`Pulse` refreshes the same key from a daemon thread with its own synchronous
+connection, so only a dead (or frozen) process goes silent. The thread only
+extends the key (SET ... XX); the loop heartbeat creates it, and tells the
+manager when it had lapsed (the server lost its data, or the whole process was
+away), so that it re-asserts its running tasks and cancels any reaped meanwhile.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+__all__ = ["Pulse", "sync_client_factory"]
+
+logger = logging.getLogger(__name__)
+
+
+class Pulse:
+    """Calls `beat(client)` every `interval` seconds on a daemon thread until `stop()`.
+
+    `connect()` gives the thread's client and how to close it (when the thread ends).
+    Failures are logged at debug level and retried on the next beat: an outage
+    is the loop heartbeat's business.
+    """
+
+    def __init__(
+        self,
+        connect: Callable[[], tuple[Any, Callable[[], None]]],
+        beat: Callable[[Any], object],
+        interval: float,
+        *,
+        name: str = "taskward-pulse",
+    ) -> None:
+        self._connect = connect
+        self._beat = beat
+        self._interval = interval
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 2.0) -> None:
+        """Stop beating and wait (up to `timeout`) for the thread to close its client."""
+        self._stopping.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    @property
+    def running(self) -> bool:
+        return self._thread.is_alive()
+
+    def _run(self) -> None:
+        client, close = self._connect()
+        try:
+            while not self._stopping.wait(self._interval):
+                try:
+                    self._beat(client)
+                except Exception as exc:  # noqa: BLE001 - logged; the next beat retries
+                    logger.debug("liveness pulse failed: %s", exc)
+        finally:
+            close()
+
+
+def sync_client_factory(
+    redis: Any, timeout: float
+) -> Callable[[], tuple[Any, Callable[[], None]]] | None:
+    """A maker of synchronous clients for the deployment `redis` names, or None.
+
+    `redis` is what `TaskManager(redis=...)` was given: a URL of any supported
+    kind, or an asyncio client. For a client, only a plain TCP standalone one
+    can be mirrored (its host, port, database and credentials); for others
+    (Cluster, Sentinel or Unix-socket clients) there is no pulse and the loop
+    heartbeat alone keeps the instance alive.
+    """
+    import redis as sync_redis
+    import redis.asyncio as aioredis
+
+    from ._redis import parse_url
+
+    opts: dict[str, Any] = {"socket_timeout": timeout, "socket_connect_timeout": timeout}
+    if isinstance(redis, str):
+        target = parse_url(redis)
+        if target.kind == "standalone":
+            url = target.url
+            return lambda: _closing(sync_redis.Redis.from_url(url, **opts))
+        if target.kind == "cluster":
+            from redis.cluster import ClusterNode, RedisCluster
+
+            nodes = [ClusterNode(h, p) for h, p in target.hosts]  # type: ignore[no-untyped-call]
+            return lambda: _closing(
+                RedisCluster(
+                    startup_nodes=nodes,
+                    username=target.username,
+                    password=target.password,
+                    ssl=target.ssl,
+                    **opts,
+                )
+            )
+        from redis.sentinel import Sentinel
+
+        sentinel_opts = dict(opts)
+        if target.sentinel_password is not None:
+            sentinel_opts["password"] = target.sentinel_password
+        if target.sentinel_username is not None:
+            sentinel_opts["username"] = target.sentinel_username
+
+        def master() -> tuple[Any, Callable[[], None]]:
+            sentinel = Sentinel(list(target.hosts), sentinel_kwargs=sentinel_opts)  # type: ignore[no-untyped-call]
+            client = sentinel.master_for(  # type: ignore[no-untyped-call]
+                target.master,
+                db=target.db,
+                username=target.username,
+                password=target.password,
+                ssl=target.ssl,
+                **opts,
+            )
+
+            def close() -> None:
+                client.close()
+                for each in sentinel.sentinels:
+                    each.close()
+
+            return client, close
+
+        return master
+    if type(redis) is aioredis.Redis:
+        pool = redis.connection_pool
+        if pool.connection_class is not aioredis.Connection:
+            return None
+        kw = pool.connection_kwargs
+        keep = {k: kw[k] for k in ("host", "port", "db", "username", "password") if k in kw}
+        return lambda: _closing(sync_redis.Redis(**keep, **opts))
+    return None
+
+
+def _closing(client: Any) -> tuple[Any, Callable[[], None]]:
+    return client, client.close

@@ -1,0 +1,98 @@
+"""Task coroutines and checks shared by the in-process `TaskManager` tests.
+
+Imported as ``from helpers import ...`` (``tests/`` is on ``sys.path``, as for
+``servers``); the fixtures that go with them (`make_manager`, `tm`, `peers`) are in
+``tests/conftest.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import math
+import warnings
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+from taskward.bus.memory import MemoryBus, MemoryHub
+from taskward.stores.memory import MemoryStore
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+
+    from taskward import TaskManager
+
+__all__ = [
+    "Peers",
+    "blocked",
+    "fail",
+    "forever",
+    "no_unawaited_coroutines",
+    "swallow",
+    "value",
+]
+
+
+async def value(x: Any) -> Any:
+    return x
+
+
+async def blocked(release: asyncio.Event, result: Any = "released") -> Any:
+    """`result`, once `release` is set."""
+    await release.wait()
+    return result
+
+
+async def forever(started: asyncio.Event | None = None) -> None:
+    """Sets `started` (if given) and runs until cancelled."""
+    if started is not None:
+        started.set()
+    await asyncio.Event().wait()
+
+
+async def fail(message: str) -> None:
+    """Raises `RuntimeError(message)` after one suspension."""
+    await asyncio.sleep(0)
+    raise RuntimeError(message)
+
+
+async def swallow(started: asyncio.Event, release: asyncio.Event, times: float = math.inf) -> str:
+    """Swallow the first `times` cancellations (all, by default), then let them through;
+    end on `release`."""
+    started.set()
+    swallowed = 0
+    while not release.is_set():
+        try:
+            await release.wait()
+        except asyncio.CancelledError:
+            swallowed += 1
+            if swallowed > times:
+                raise
+    return "released"
+
+
+@contextmanager
+def no_unawaited_coroutines() -> Iterator[None]:
+    """Fail if a coroutine was garbage collected without being awaited or closed."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+        gc.collect()
+    unawaited = [str(w.message) for w in caught if "never awaited" in str(w.message)]
+    assert unawaited == []
+
+
+class Peers:
+    """Managers (instances) sharing one `MemoryStore` and one `MemoryHub`.
+
+    ``peers(**options)`` makes one with `make_manager` (so it is closed after the
+    test), on `store` and a bus of its own on the shared hub.
+    """
+
+    def __init__(self, make_manager: Callable[..., TaskManager]) -> None:
+        self.store = MemoryStore()
+        self.hub = MemoryHub()
+        self._make_manager = make_manager
+
+    def __call__(self, **options: Any) -> TaskManager:
+        return self._make_manager(store=self.store, bus=MemoryBus(self.hub), **options)
