@@ -4,8 +4,15 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 
-__all__ = ["MAX_ID_LENGTH", "check_id", "check_optional_id", "new_task_id"]
+__all__ = [
+    "MAX_ID_LENGTH",
+    "check_id",
+    "check_optional_id",
+    "default_instance_id",
+    "new_task_id",
+]
 
 MAX_ID_LENGTH = 256
 
@@ -80,3 +87,9 @@ def check_optional_id(value: object, what: str) -> str | None:
     if value is None:
         return None
     return check_id(value, what)
+
+
+def default_instance_id() -> str:
+    """This host's name, the process id and a random suffix: unique per manager."""
+    host = "".join(c for c in socket.gethostname() if c.isalnum() or c in "-.")[:64] or "host"
+    return f"{host}-{os.getpid()}-{new_task_id()[:8]}"

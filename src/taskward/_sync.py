@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .errors import StoreUnavailable
 from .stores.base import WriteBatch
@@ -22,11 +22,13 @@ if TYPE_CHECKING:
     from ._records import OutputChunk, TaskEvent, TaskRecord
     from .manager import TaskManager
 
-__all__ = ["Flusher"]
+__all__ = ["SYNC_TIMEOUT", "Flusher", "cancel_and_wait", "unwait", "wake_all"]
 
 logger = logging.getLogger(__name__)
 
 MAX_QUEUED_EVENTS = 10_000
+# Longest a creation or a stop waits for its write to reach a shared store.
+SYNC_TIMEOUT = 1.0
 
 
 class Flusher:
@@ -238,3 +240,15 @@ def wake_all(waiters: list[asyncio.Future[None]]) -> None:
     for fut in waiters:
         if not fut.done():
             fut.set_result(None)
+
+
+def unwait(
+    waiters: dict[str, list[asyncio.Future[Any]]], task_id: str, fut: asyncio.Future[Any]
+) -> None:
+    """Take `fut` off the futures waiting for `task_id`, and the entry when it is empty."""
+    futs = waiters.get(task_id)
+    if futs is not None:
+        if fut in futs:
+            futs.remove(fut)
+        if not futs:
+            del waiters[task_id]

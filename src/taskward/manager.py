@@ -12,41 +12,39 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
-import math
-import os
-import socket
 import time
 from collections import OrderedDict
-from collections.abc import Coroutine
 from types import CoroutineType, TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
-from . import _envelopes as env
+from . import _llm, _stopping
+from ._checks import (
+    check_int,
+    check_positive,
+    check_retention,
+    check_timings,
+    close_if_coroutine,
+    is_coroutine,
+)
 from ._context import _current
 from ._events import EventStream
-from ._ids import check_id, check_optional_id, new_task_id
-from ._records import (
-    EMPTY,
-    OutputChunk,
-    StopOutcome,
-    StopResult,
-    TaskError,
-    TaskEvent,
-    TaskRecord,
-    TaskStatus,
-)
-from ._sync import Flusher, cancel_and_wait, wake_all
+from ._housekeeping import Housekeeper
+from ._ids import check_id, check_optional_id, default_instance_id, new_task_id
+from ._records import EMPTY, OutputChunk, TaskError, TaskEvent, TaskRecord, TaskStatus
+from ._stopping import fence_new_task, stop_local
+from ._sync import SYNC_TIMEOUT, Flusher, cancel_and_wait, unwait
 from .bus.memory import MemoryBus
 from .errors import ManagerClosed, MaxRuntimeExceeded, StoreUnavailable, TaskNotFound, TaskTimeout
-from .stores.base import Page, Retention
 from .stores.memory import MemoryStore
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Sequence
+    from collections.abc import Callable, Coroutine, Iterable, Sequence
 
     from ._pulse import Pulse
+    from ._records import StopResult
+    from ._stopping import Fence
     from .bus.base import Bus
-    from .stores.base import Store
+    from .stores.base import Page, Store
 
 __all__ = ["TaskManager"]
 
@@ -58,12 +56,7 @@ _FAILED = TaskStatus.FAILED
 _CANCELLED = TaskStatus.CANCELLED
 _time = time.time
 
-STOP_REASON = "stopped on request"
 RECENT_LIMIT = 10_000
-# Longest a creation or a stop waits for its write to reach a shared store.
-SYNC_TIMEOUT = 1.0
-# How often a stop re-reads the record while it waits for the owner's event.
-STOP_POLL = 0.5
 CLOSE_REASON = "manager closed"
 
 
@@ -136,41 +129,16 @@ class TaskManager:
         secret: str | bytes | None = None,
         max_backlog: int = 100_000,
     ) -> None:
-        for name, value in (
-            ("timeout", timeout),
-            ("stop_timeout", stop_timeout),
-            ("heartbeat_interval", heartbeat_interval),
-            ("liveness_ttl", liveness_ttl),
-        ):
-            _check_positive(name, value)
-        for name, value in (
-            ("shutdown_grace", shutdown_grace),
-            ("shutdown_timeout", shutdown_timeout),
-        ):
-            _check_positive(name, value, allow_zero=True)
-        if liveness_ttl <= heartbeat_interval:
-            raise ValueError("liveness_ttl must be longer than heartbeat_interval")
-        _check_int("max_backlog", max_backlog, 1)
-        limits = {
-            name: value
-            for name, value in (
-                ("result_ttl", result_ttl),
-                ("max_finished", max_finished),
-                ("max_output", max_output),
-            )
-            if value is not None
-        }
-        if limits and store is not None:
-            raise ValueError(
-                f"{', '.join(limits)} configure the store this manager creates; "
-                "with store=..., give them to the store (its `retention`)"
-            )
-        defaults = Retention()
-        retention = Retention(
-            result_ttl=defaults.result_ttl if result_ttl is None else result_ttl,
-            max_finished=defaults.max_finished if max_finished is None else max_finished,
-            max_output=defaults.max_output if max_output is None else max_output,
+        check_timings(
+            timeout,
+            stop_timeout,
+            shutdown_grace,
+            shutdown_timeout,
+            heartbeat_interval,
+            liveness_ttl,
         )
+        check_int("max_backlog", max_backlog, 1)
+        retention = check_retention(result_ttl, max_finished, max_output, own_store=store is None)
         self.timeout = float(timeout)
         self.stop_timeout = float(stop_timeout)
         self.shutdown_grace = float(shutdown_grace)
@@ -178,7 +146,7 @@ class TaskManager:
         self.heartbeat_interval = float(heartbeat_interval)
         self.liveness_ttl = float(liveness_ttl)
         self.max_backlog = max_backlog
-        self.instance_id = check_id(instance_id or _default_instance_id(), "instance_id")
+        self.instance_id = check_id(instance_id or default_instance_id(), "instance_id")
         self._owned: list[Any] = []  # what aclose() must close: things we created
         # Set when store and bus share a server: events then ride on the store's write.
         self._encode_events: Callable[[Sequence[TaskEvent]], str | None] | None = None
@@ -220,13 +188,10 @@ class TaskManager:
         self._closed_event: asyncio.Event | None = None
         self._chores: set[asyncio.Task[Any]] = set()  # best-effort store calls in flight
         # item id -> result collectors of running stop_item_tasks calls (_fence_new_task)
-        self._fences: dict[str, list[_Fence]] = {}
-        self._connected = True
-        self._connected_since = 0.0
-        self._last_beat = 0.0
-        # A heartbeat slower than this, or a longer gap between two, is a hiccup (see _tick).
-        self._beat_slow = max(self.heartbeat_interval, self.liveness_ttl / 2)
-        self._beat_gap = self.heartbeat_interval + (self.liveness_ttl - self.heartbeat_interval) / 2
+        self._fences: dict[str, list[Fence]] = {}
+        self._connected = True  # the store answers (read on every creation)
+        # Liveness and reconciliation rules, run by the `_housekeeper` task.
+        self._keeper = Housekeeper(self)
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -269,7 +234,7 @@ class TaskManager:
             started.set_exception(exc)
             started.exception()  # retrieved: concurrent starters see it via shield
             raise
-        self._connected_since = self._last_beat = time.monotonic()
+        self._keeper.started()
         self._flusher.start()
         self._housekeeper = asyncio.create_task(self._housekeeping(), name="taskward-housekeeping")
         self._state = _State.RUNNING
@@ -372,7 +337,7 @@ class TaskManager:
         arguments the coroutine is closed, so nothing is left half-started.
         """
         try:
-            if type(coro) is not CoroutineType and not _is_coroutine(coro):
+            if type(coro) is not CoroutineType and not is_coroutine(coro):
                 raise TypeError(f"create_task needs a coroutine, not {type(coro).__name__}")
             if item_id is not None:
                 check_id(item_id, "item_id")
@@ -385,7 +350,7 @@ class TaskManager:
             if metadata is not None and not isinstance(metadata, dict):
                 raise TypeError(f"metadata must be a dict, not {type(metadata).__name__}")
             if max_runtime is not None:
-                _check_positive("max_runtime", max_runtime)
+                check_positive("max_runtime", max_runtime)
             if self._state is not _State.RUNNING:
                 await self.start()
             if task_id is not None:
@@ -395,7 +360,7 @@ class TaskManager:
                     f"store unreachable and {len(self._local)} tasks are waiting to be written"
                 )
         except BaseException:
-            _close_if_coroutine(coro)
+            close_if_coroutine(coro)
             raise
         now = _time()
         if task_id is None:
@@ -432,7 +397,7 @@ class TaskManager:
         if self._streams or self._bus.has_peers():
             self._emit("created", rec, now)
         if self._fences and item_id is not None and item_id in self._fences:
-            self._fence_new_task(rec)
+            fence_new_task(self._fences, rec)
         if self._get_now is None or self._bus.has_peers():
             # A shared store: return once the task is visible to every instance.
             # Concurrent creations share the write; an unreachable or slow store
@@ -641,10 +606,10 @@ class TaskManager:
             return
         handle = self._local.get(str(command.get("task_id")))
         if handle is not None and handle.status is _RUNNING:
-            self._stop_local(handle)
+            stop_local(self, handle)
 
     async def on_reconnect(self) -> None:
-        await self._reconcile_stops()
+        await self._keeper.reconcile_stops()
 
     # -- reading ---------------------------------------------------------------------
 
@@ -695,7 +660,7 @@ class TaskManager:
         another instance), with a slow re-read of the store as a safety net.
         """
         if timeout is not None:
-            _check_positive("timeout", timeout, allow_zero=True)
+            check_positive("timeout", timeout, allow_zero=True)
         rec = self._peek(task_id, user_id)
         if rec is None:
             check_id(task_id, "task_id")
@@ -733,7 +698,7 @@ class TaskManager:
                     return rec
                 await asyncio.wait((fut,), timeout=poll)
             finally:
-                _unwait(self._remote_waiters, task_id, fut)
+                unwait(self._remote_waiters, task_id, fut)
 
     async def records(
         self,
@@ -748,7 +713,7 @@ class TaskManager:
         check_optional_id(user_id, "user_id")
         check_optional_id(item_id, "item_id")
         wanted = None if status is None else TaskStatus(status)
-        _check_int("limit", limit, 1)
+        check_int("limit", limit, 1)
         await self._ensure_started()
         await self._flusher.sync()
         return await self._store.query(
@@ -764,8 +729,8 @@ class TaskManager:
         """
         check_id(task_id, "task_id")
         check_optional_id(user_id, "user_id")
-        _check_int("after", after, 0)
-        _check_int("limit", limit, 1)
+        check_int("after", after, 0)
+        check_int("limit", limit, 1)
         await self._ensure_started()
         if await self._lookup(task_id, user_id) is None:
             raise TaskNotFound(task_id)
@@ -787,31 +752,13 @@ class TaskManager:
         An unknown id and another user's task give the same `not_found` answer.
         An empty `user_id` means no user, as in the tool APIs this replaces.
         """
-        rec = await self._llm_lookup(task_id, user_id)
-        if rec is None:
-            return env.not_found_envelope(task_id)
-        return env.record_envelope(rec, _time())
+        return await _llm.get_result(self, task_id, user_id)
 
     async def await_result(
         self, task_id: str, timeout: float = 300.0, user_id: str | None = None
     ) -> str:
         """Like `get_result`, after waiting up to `timeout` seconds for the task to finish."""
-        _check_positive("timeout", timeout, allow_zero=True)
-        rec = await self._llm_lookup(task_id, user_id)
-        if rec is None:
-            return env.not_found_envelope(task_id)
-        try:
-            final = await self.wait(task_id, timeout, rec.user_id if user_id else None)
-        except TaskNotFound:
-            return env.not_found_envelope(task_id)
-        except TaskTimeout:
-            rec = await self._llm_lookup(task_id, user_id)
-            if rec is None:
-                return env.not_found_envelope(task_id)
-            return env.record_envelope(
-                rec, _time(), note=f"still running after waiting {timeout:g}s"
-            )
-        return env.record_envelope(final, _time())
+        return await _llm.await_result(self, task_id, timeout, user_id)
 
     async def list_tasks(
         self,
@@ -820,20 +767,7 @@ class TaskManager:
         status: TaskStatus | str | None = None,
     ) -> str:
         """Compact JSON listing of tasks (newest first, up to 100) with their status."""
-        page = await self.records(
-            user_id=user_id or None, item_id=item_id or None, status=status or None
-        )
-        return env.list_envelope(page.records, _time(), cursor=page.cursor)
-
-    async def _llm_lookup(self, task_id: object, user_id: str | None) -> TaskRecord | None:
-        check_optional_id(user_id or None, "user_id")
-        try:
-            check_id(task_id, "task_id")
-        except (TypeError, ValueError):
-            return None  # a model's garbage id is simply not found
-        assert isinstance(task_id, str)  # narrowed by check_id
-        await self._ensure_started()
-        return await self._lookup(task_id, user_id or None)
+        return await _llm.list_tasks(self, user_id, item_id, status)
 
     async def execute(
         self,
@@ -855,45 +789,16 @@ class TaskManager:
         gives an error envelope, never an exception into the tool loop. With
         `background=False` the tool is simply awaited.
         """
-        wait_for = self.timeout if timeout is None else timeout
-        try:
-            _check_positive("timeout", wait_for, allow_zero=True)
-        except (TypeError, ValueError):
-            _close_if_coroutine(coro)
-            raise
-        if not background:
-            if not _is_coroutine(coro):
-                raise TypeError(f"execute needs a coroutine, not {type(coro).__name__}")
-            try:
-                return env.result_text(await coro)
-            except Exception as exc:  # noqa: BLE001 - the tool loop gets an envelope, never a raise
-                return env.dumps(
-                    {
-                        "status": _FAILED.value,
-                        "tool": tool_name,
-                        "error": TaskError.from_exception(exc).to_dict(),
-                    }
-                )
-        task_id = await self.create_task(
+        return await _llm.execute(
+            self,
             coro,
-            user_id=user_id or None,
-            name=tool_name,
-            channel_id=channel_id,
-            platform=platform,
+            tool_name,
+            user_id,
+            channel_id,
+            platform,
+            timeout=timeout,
+            background=background,
         )
-        handle = self._local[task_id]
-        rec = handle
-        if rec.status is _RUNNING and wait_for > 0:
-            fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            if handle.waiters is None:
-                handle.waiters = []
-            handle.waiters.append(fut)
-            await asyncio.wait((fut,), timeout=wait_for)
-        if rec.status is _RUNNING:
-            return env.background_envelope(rec, wait_for)
-        if rec.status is _COMPLETED:
-            return env.result_text(rec.result)
-        return env.error_envelope(rec)
 
     # -- stopping -----------------------------------------------------------------------
 
@@ -909,60 +814,7 @@ class TaskManager:
         check_id(task_id, "task_id")
         check_optional_id(user_id, "user_id")
         await self._ensure_started()
-        handle = self._local.get(task_id)
-        if handle is not None:
-            rec = handle
-            if user_id is not None and rec.user_id != user_id:
-                return StopResult(task_id, StopOutcome.NOT_FOUND)
-            if rec.status is not _RUNNING:
-                return StopResult(task_id, StopOutcome.ALREADY_FINISHED, rec.status)
-            self._stop_local(handle)
-            if self._get_now is None and self._connected:
-                # Leave the same durable trace as a stop from elsewhere, in the
-                # background: a stop here must work while the store is away.
-                self._background(
-                    self._store.request_stop(task_id, rec.stop_requested_at or _time())
-                )
-            outcome = _stop_outcome(task_id, await self._wait_briefly(task_id))
-            await self._flusher.sync(SYNC_TIMEOUT)  # what we answer is what others read
-            return outcome
-        # Listen for the finish before asking, so the confirmation cannot slip by.
-        fut: asyncio.Future[TaskEvent | None] = asyncio.get_running_loop().create_future()
-        self._remote_waiters.setdefault(task_id, []).append(fut)
-        try:
-            requested = await self._store.request_stop(task_id, _time(), user_id)
-            if requested is None:
-                return StopResult(task_id, StopOutcome.NOT_FOUND)
-            if requested.status is not _RUNNING:
-                return StopResult(task_id, StopOutcome.ALREADY_FINISHED, requested.status)
-            await self._bus.send_command(requested.instance_id, {"op": "stop", "task_id": task_id})
-            return await self._confirm_remote_stop(task_id, fut)
-        finally:
-            _unwait(self._remote_waiters, task_id, fut)
-
-    async def _confirm_remote_stop(
-        self, task_id: str, fut: asyncio.Future[TaskEvent | None]
-    ) -> StopResult:
-        """The owner's answer: its `finished` event, or the record if events are lost."""
-        deadline = time.monotonic() + self.stop_timeout
-        while (remaining := deadline - time.monotonic()) > 0:
-            await asyncio.wait((fut,), timeout=min(STOP_POLL, remaining))
-            if fut.done() and (event := fut.result()) is not None:
-                return _stop_outcome_of(task_id, event.status)
-            rec = await self._store.get(task_id)  # a safety net for a lost event
-            if rec is None or rec.status is not _RUNNING:
-                return _stop_outcome(task_id, rec)
-        return _stop_outcome(task_id, await self._store.get(task_id))
-
-    async def _wait_briefly(self, task_id: str) -> TaskRecord | None:
-        try:
-            async with asyncio.timeout(self.stop_timeout):
-                return await self._wait_terminal(task_id, poll=min(0.5, self.stop_timeout))
-        except TimeoutError:
-            handle = self._local.get(task_id)
-            return handle.copy() if handle is not None else await self._store.get(task_id)
-        except TaskNotFound:
-            return None
+        return await _stopping.stop_task(self, task_id, user_id)
 
     def _background(self, coro: Coroutine[Any, Any, Any]) -> None:
         """Run best-effort store work without waiting for it; failures are logged."""
@@ -975,13 +827,6 @@ class TaskManager:
         if not task.cancelled() and (exc := task.exception()) is not None:
             logger.warning("background store call failed: %s", exc)
 
-    def _stop_local(self, rec: _Live) -> None:
-        if rec.stop_requested_at is None:
-            rec.stop_requested_at = now = _time()
-            if self._streams or self._bus.has_peers():
-                self._emit("stop_requested", rec, now)
-        rec.cancel(STOP_REASON)
-
     async def stop_item_tasks(self, item_id: str, user_id: str | None = None) -> list[StopResult]:
         """Stop every running task of an item, including tasks added while stopping.
 
@@ -991,147 +836,17 @@ class TaskManager:
         check_id(item_id, "item_id")
         check_optional_id(user_id, "user_id")
         await self._ensure_started()
-        fence = _Fence(user_id)
-        self._fences.setdefault(item_id, []).append(fence)
-        results = fence.results
-        try:
-            deadline = time.monotonic() + self.stop_timeout * 2
-            while True:  # rounds: other instances may add tasks while we stop these
-                await self._flusher.sync()
-                page = await self._store.query(
-                    item_id=item_id, user_id=user_id, status=_RUNNING, limit=10_000
-                )
-                ids = [rec.task_id for rec in page.records if rec.task_id not in results]
-                if not ids or time.monotonic() > deadline:
-                    break
-                for result in await asyncio.gather(*(self.stop_task(i, user_id) for i in ids)):
-                    results[result.task_id] = result
-        finally:
-            fences = self._fences[item_id]
-            fences.remove(fence)
-            if not fences:
-                del self._fences[item_id]
-        return list(results.values())
-
-    def _fence_new_task(self, rec: _Live) -> None:
-        """A task created here on an item that is being stopped is stopped at once."""
-        for fence in self._fences[rec.item_id or ""]:
-            if fence.user_id is None or fence.user_id == rec.user_id:
-                rec.stop_requested_at = _time()
-                rec.cancel(STOP_REASON)  # not started yet: recorded cancelled right here
-                fence.results[rec.task_id] = StopResult(
-                    rec.task_id, StopOutcome.CANCELLED, rec.status
-                )
-                return
+        return await _stopping.stop_item_tasks(self, item_id, user_id)
 
     # -- housekeeping: liveness, reaping, stop reconciliation, reconnects ---------------
 
     async def _housekeeping(self) -> None:
-        while True:
-            await asyncio.sleep(self.heartbeat_interval if self._connected else 0.25)
-            try:
-                await self._tick()
-            except StoreUnavailable as exc:
-                self._set_disconnected(exc)
-            except Exception:
-                logger.exception("housekeeping failed; will retry")
-
-    async def _tick(self) -> None:
-        started = time.monotonic()
-        if not self._connected:
-            tasks = self._started_tasks()
-            running = [rec for rec in tasks if rec.status is _RUNNING]
-            was_alive = await self._store.heartbeat(self.instance_id, self.liveness_ttl, running)
-            logger.warning("store reachable again: re-asserted %d running tasks", len(running))
-            if not was_alive and self._bus.has_peers():
-                await self._settle_reaped(tasks, running)
-            self._connected = True
-            self._connected_since = time.monotonic()
-            self._flusher.resume()
-        elif (
-            not await self._store.heartbeat(self.instance_id, self.liveness_ttl)
-            and self._bus.has_peers()  # alone, nobody can have reaped our tasks
-        ):
-            await self._presumed_dead()
-        beat = time.monotonic()
-        if beat - started > self._beat_slow or beat - self._last_beat > self._beat_gap:
-            # A hiccup (failover, slow server, blocked loop): others may have missed
-            # their heartbeats too, so give them a full TTL before reaping anyone.
-            self._connected_since = beat
-        self._last_beat = beat
-        await self._reconcile_stops()
-        if beat - self._connected_since > self.liveness_ttl:
-            await self._reap()
-
-    async def _presumed_dead(self) -> None:
-        """Our liveness had expired (a stall longer than `liveness_ttl`).
-
-        Tasks another instance has meanwhile marked `lost` stay lost (terminal
-        states never change): they are cancelled here, since nobody could read
-        their results or stop them any more. The others are re-asserted.
-        """
-        started = self._started_tasks()
-        running = [rec for rec in started if rec.status is _RUNNING]
-        logger.warning("this instance's liveness had expired; checking %d tasks", len(started))
-        await self._store.heartbeat(self.instance_id, self.liveness_ttl, running)
-        await self._settle_reaped(started, running)
-
-    def _started_tasks(self) -> list[_Live]:
-        return [rec for rec in self._local.values() if rec.task is not None and not rec.task.done()]
-
-    async def _settle_reaped(self, started: list[_Live], running: list[_Live]) -> None:
-        """Cancel the tasks that another instance marked terminal (lost) meanwhile."""
-        stored = await self._store.get_many([rec.task_id for rec in running])
-        for rec, now in zip(running, stored, strict=True):
-            if now is not None and now.status is not _RUNNING and rec.status is _RUNNING:
-                rec.status, rec.error, rec.finished_at = now.status, now.error, now.finished_at
-        for rec in started:
-            if rec.status is not _RUNNING:
-                logger.warning(
-                    "task %s was marked %s elsewhere: cancelling it", rec.task_id, rec.status
-                )
-                rec.cancel(f"marked {rec.status.value} while this instance was presumed dead")
-                self._flusher.mark(rec)  # so it leaves the local table once written
-                if rec.waiters is not None:
-                    wake_all(rec.waiters)
-                    rec.waiters = None
-
-    async def _reap(self) -> None:
-        lost = await self._store.reap(_time())
-        if not lost:
-            return
-        events = [
-            TaskEvent(
-                "finished",
-                rec.task_id,
-                rec.status,
-                rec.finished_at or _time(),
-                rec.user_id,
-                rec.item_id,
-                rec,
-            )
-            for rec in lost
-        ]
-        self.on_events(events)
-        if self._bus.has_peers():
-            for event in events:
-                self._flusher.add_event(event)
+        """The loop the `_housekeeper` task runs (see `_housekeeping.py`)."""
+        await self._keeper.run()
 
     def _set_disconnected(self, exc: BaseException) -> None:
-        if self._connected:
-            logger.error("store unreachable (%s); outcomes are queued locally", exc)
-        self._connected = False
-        self._flusher.pause()
-
-    async def _reconcile_stops(self) -> None:
-        """Honour stop requests the bus did not deliver, or that a task swallowed."""
-        for rec in list(self._local.values()):
-            if rec.status is _RUNNING and rec.stop_requested_at is not None:
-                rec.cancel(STOP_REASON)  # asked before and still running: ask again
-        for task_id in await self._store.pending_stops(self.instance_id):
-            handle = self._local.get(task_id)
-            if handle is not None and handle.status is _RUNNING:
-                self._stop_local(handle)
+        """The store went away (the flusher tells us too): queue writes until it is back."""
+        self._keeper.set_disconnected(exc)
 
     # -- introspection -------------------------------------------------------------------
 
@@ -1143,77 +858,3 @@ class TaskManager:
     def running_count(self) -> int:
         """Tasks of this instance that have not finished yet."""
         return sum(rec.status is _RUNNING for rec in self._local.values())
-
-
-def _stop_outcome(task_id: str, rec: TaskRecord | None) -> StopResult:
-    if rec is None:
-        return StopResult(task_id, StopOutcome.NOT_FOUND)
-    return _stop_outcome_of(task_id, rec.status)
-
-
-def _stop_outcome_of(task_id: str, status: TaskStatus) -> StopResult:
-    if status is _CANCELLED:
-        return StopResult(task_id, StopOutcome.CANCELLED, status)
-    if status is _RUNNING:
-        return StopResult(
-            task_id, StopOutcome.PENDING, status, "not confirmed in time; the request stays"
-        )
-    return StopResult(
-        task_id,
-        StopOutcome.ALREADY_FINISHED,
-        status,
-        f"the task finished as {status.value} instead of being cancelled",
-    )
-
-
-def _unwait(
-    waiters: dict[str, list[asyncio.Future[Any]]], task_id: str, fut: asyncio.Future[Any]
-) -> None:
-    futs = waiters.get(task_id)
-    if futs is not None:
-        if fut in futs:
-            futs.remove(fut)
-        if not futs:
-            del waiters[task_id]
-
-
-def _check_positive(name: str, value: object, *, allow_zero: bool = False) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"{name} must be a number, not {type(value).__name__}")
-    if value < 0 or (value == 0 and not allow_zero) or math.isnan(value):
-        raise ValueError(
-            f"{name} must be {'non-negative' if allow_zero else 'positive'}, not {value!r}"
-        )
-
-
-class _Fence:
-    """What one `stop_item_tasks` call has stopped, for tasks created meanwhile."""
-
-    __slots__ = ("results", "user_id")
-
-    def __init__(self, user_id: str | None) -> None:
-        self.user_id = user_id
-        self.results: dict[str, StopResult] = {}
-
-
-def _is_coroutine(obj: object) -> bool:
-    # Not asyncio.iscoroutine: on 3.11 it also accepts plain generators.
-    return isinstance(obj, Coroutine)
-
-
-def _close_if_coroutine(obj: object) -> None:
-    """Close a coroutine we will not run, so it never warns "was never awaited"."""
-    if isinstance(obj, Coroutine):
-        obj.close()
-
-
-def _check_int(name: str, value: object, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} must be at least {minimum}, not {value!r}")
-
-
-def _default_instance_id() -> str:
-    host = "".join(c for c in socket.gethostname() if c.isalnum() or c in "-.")[:64] or "host"
-    return f"{host}-{os.getpid()}-{new_task_id()[:8]}"

@@ -1,0 +1,179 @@
+"""Stopping tasks: here, on another instance, or every task of an item.
+
+A stop writes a durable request, wakes the owner, and waits (up to the
+manager's `stop_timeout`) for the owner's confirmation: its `finished` event,
+with a slow re-read of the store in case the event is lost. A request that is
+not confirmed in time stays, and is honoured by the owner's housekeeping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING
+
+from ._records import StopOutcome, StopResult, TaskStatus
+from ._sync import SYNC_TIMEOUT, unwait
+from .errors import TaskNotFound
+
+if TYPE_CHECKING:
+    from ._records import TaskEvent, TaskRecord
+    from .manager import TaskManager, _Live
+
+__all__ = [
+    "STOP_POLL",
+    "STOP_REASON",
+    "Fence",
+    "fence_new_task",
+    "stop_item_tasks",
+    "stop_local",
+    "stop_outcome",
+    "stop_outcome_of",
+    "stop_task",
+]
+
+
+_RUNNING = TaskStatus.RUNNING
+_CANCELLED = TaskStatus.CANCELLED
+_time = time.time
+
+STOP_REASON = "stopped on request"
+# How often a stop re-reads the record while it waits for the owner's event.
+STOP_POLL = 0.5
+
+
+class Fence:
+    """What one `stop_item_tasks` call has stopped, for tasks created meanwhile."""
+
+    __slots__ = ("results", "user_id")
+
+    def __init__(self, user_id: str | None) -> None:
+        self.user_id = user_id
+        self.results: dict[str, StopResult] = {}
+
+
+async def stop_task(manager: TaskManager, task_id: str, user_id: str | None) -> StopResult:
+    """`TaskManager.stop_task` once its arguments are checked and the manager started."""
+    handle = manager._local.get(task_id)
+    if handle is not None:
+        rec = handle
+        if user_id is not None and rec.user_id != user_id:
+            return StopResult(task_id, StopOutcome.NOT_FOUND)
+        if rec.status is not _RUNNING:
+            return StopResult(task_id, StopOutcome.ALREADY_FINISHED, rec.status)
+        stop_local(manager, handle)
+        if manager._get_now is None and manager._connected:
+            # Leave the same durable trace as a stop from elsewhere, in the
+            # background: a stop here must work while the store is away.
+            manager._background(
+                manager._store.request_stop(task_id, rec.stop_requested_at or _time())
+            )
+        outcome = stop_outcome(task_id, await _wait_briefly(manager, task_id))
+        await manager._flusher.sync(SYNC_TIMEOUT)  # what we answer is what others read
+        return outcome
+    # Listen for the finish before asking, so the confirmation cannot slip by.
+    fut: asyncio.Future[TaskEvent | None] = asyncio.get_running_loop().create_future()
+    manager._remote_waiters.setdefault(task_id, []).append(fut)
+    try:
+        requested = await manager._store.request_stop(task_id, _time(), user_id)
+        if requested is None:
+            return StopResult(task_id, StopOutcome.NOT_FOUND)
+        if requested.status is not _RUNNING:
+            return StopResult(task_id, StopOutcome.ALREADY_FINISHED, requested.status)
+        await manager._bus.send_command(requested.instance_id, {"op": "stop", "task_id": task_id})
+        return await _confirm_remote_stop(manager, task_id, fut)
+    finally:
+        unwait(manager._remote_waiters, task_id, fut)
+
+
+async def _confirm_remote_stop(
+    manager: TaskManager, task_id: str, fut: asyncio.Future[TaskEvent | None]
+) -> StopResult:
+    """The owner's answer: its `finished` event, or the record if events are lost."""
+    deadline = time.monotonic() + manager.stop_timeout
+    while (remaining := deadline - time.monotonic()) > 0:
+        await asyncio.wait((fut,), timeout=min(STOP_POLL, remaining))
+        if fut.done() and (event := fut.result()) is not None:
+            return stop_outcome_of(task_id, event.status)
+        rec = await manager._store.get(task_id)  # a safety net for a lost event
+        if rec is None or rec.status is not _RUNNING:
+            return stop_outcome(task_id, rec)
+    return stop_outcome(task_id, await manager._store.get(task_id))
+
+
+async def _wait_briefly(manager: TaskManager, task_id: str) -> TaskRecord | None:
+    try:
+        async with asyncio.timeout(manager.stop_timeout):
+            return await manager._wait_terminal(task_id, poll=min(0.5, manager.stop_timeout))
+    except TimeoutError:
+        handle = manager._local.get(task_id)
+        return handle.copy() if handle is not None else await manager._store.get(task_id)
+    except TaskNotFound:
+        return None
+
+
+def stop_local(manager: TaskManager, rec: _Live) -> None:
+    """Stop a task of this instance: note the request (once), then cancel it."""
+    if rec.stop_requested_at is None:
+        rec.stop_requested_at = now = _time()
+        if manager._streams or manager._bus.has_peers():
+            manager._emit("stop_requested", rec, now)
+    rec.cancel(STOP_REASON)
+
+
+async def stop_item_tasks(
+    manager: TaskManager, item_id: str, user_id: str | None
+) -> list[StopResult]:
+    """`TaskManager.stop_item_tasks` once its arguments are checked and the manager started."""
+    fence = Fence(user_id)
+    manager._fences.setdefault(item_id, []).append(fence)
+    results = fence.results
+    try:
+        deadline = time.monotonic() + manager.stop_timeout * 2
+        while True:  # rounds: other instances may add tasks while we stop these
+            await manager._flusher.sync()
+            page = await manager._store.query(
+                item_id=item_id, user_id=user_id, status=_RUNNING, limit=10_000
+            )
+            ids = [rec.task_id for rec in page.records if rec.task_id not in results]
+            if not ids or time.monotonic() > deadline:
+                break
+            for result in await asyncio.gather(*(manager.stop_task(i, user_id) for i in ids)):
+                results[result.task_id] = result
+    finally:
+        fences = manager._fences[item_id]
+        fences.remove(fence)
+        if not fences:
+            del manager._fences[item_id]
+    return list(results.values())
+
+
+def fence_new_task(fences: dict[str, list[Fence]], rec: _Live) -> None:
+    """A task created here on an item that is being stopped is stopped at once."""
+    for fence in fences[rec.item_id or ""]:
+        if fence.user_id is None or fence.user_id == rec.user_id:
+            rec.stop_requested_at = _time()
+            rec.cancel(STOP_REASON)  # not started yet: recorded cancelled right here
+            fence.results[rec.task_id] = StopResult(rec.task_id, StopOutcome.CANCELLED, rec.status)
+            return
+
+
+def stop_outcome(task_id: str, rec: TaskRecord | None) -> StopResult:
+    if rec is None:
+        return StopResult(task_id, StopOutcome.NOT_FOUND)
+    return stop_outcome_of(task_id, rec.status)
+
+
+def stop_outcome_of(task_id: str, status: TaskStatus) -> StopResult:
+    if status is _CANCELLED:
+        return StopResult(task_id, StopOutcome.CANCELLED, status)
+    if status is _RUNNING:
+        return StopResult(
+            task_id, StopOutcome.PENDING, status, "not confirmed in time; the request stays"
+        )
+    return StopResult(
+        task_id,
+        StopOutcome.ALREADY_FINISHED,
+        status,
+        f"the task finished as {status.value} instead of being cancelled",
+    )
