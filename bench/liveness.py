@@ -10,7 +10,10 @@ reaper pass marks its tasks). The watching instance has been up longer than
 liveness_ttl before the first kill, as a long-running peer would be (a
 freshly started instance waits that long before it reaps).
 
-The prior systems' figures (no waiting for minutes here) are from DESIGN.md.
+The prior systems' figures are quoted, not measured (nobody waits minutes here):
+open-webui 0.12.4 keeps a per-task key with a 300 s TTL refreshed every 75 s
+(its REDIS_TASK_TTL default); RQ's worker TTL is 420 s; SAQ sweeps every 60 s;
+arq can leave a job in progress for hours.
 
     python bench/liveness.py [--rounds 5] [--quick] [--redis URL | --start-server]
 """
@@ -115,7 +118,7 @@ async def measure(url: str, args: argparse.Namespace) -> None:
         f"instance (heartbeat_interval={watcher.heartbeat_interval:g}s, "
         f"liveness_ttl={watcher.liveness_ttl:g}s; expected at most ~{bound:g}s)"
     )
-    print(f"{'prior systems (DESIGN.md)':<28} {PRIOR}")
+    print(f"{'prior systems (quoted)':<28} {PRIOR}")
     print(
         f"{'taskward':<28} {', '.join(f'{t:.2f}' for t in times)} s   max {worst:.2f} s   "
         f"{OPENWEBUI_SECONDS / worst:.0f}x sooner than open-webui's 300 s"

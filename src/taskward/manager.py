@@ -4,7 +4,7 @@ It runs each task as an `asyncio.Task` on this instance, records its outcome
 from inside the task's own wrapper (never a fire-and-forget callback), writes
 through a `Store` in coalesced batches (one flush per loop turn, whatever the
 number of tasks), and talks to other instances through a `Bus`. See
-`DESIGN.md` in the repository for the rules and why.
+"How it works" in the README for the rules and why.
 """
 
 from __future__ import annotations
