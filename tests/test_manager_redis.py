@@ -9,13 +9,15 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import redis.asyncio
 
-from helpers import blocked, value
-from taskward import TaskManager, TaskStatus
+from helpers import blocked, forever, value
+from taskward import StopOutcome, TaskManager, TaskStatus
 from taskward._redis import CountingConnection
 from taskward.stores.keys import Keys
 
 if TYPE_CHECKING:
     from collections.abc import Callable
+
+    from servers import ServerProcess
 
 pytestmark = pytest.mark.redis
 
@@ -172,3 +174,42 @@ async def test_without_a_pulse_a_blocked_loop_lets_liveness_lapse(
     async with tm:
         time.sleep(1.0)  # noqa: ASYNC251 - blocking the loop on purpose
         assert await redis_client.exists(Keys(key_prefix).alive("busy")) == 0
+
+
+async def test_outcomes_wait_out_an_outage_and_are_written_after_it(
+    private_redis: ServerProcess, key_prefix: str
+) -> None:
+    """In one process: the flusher queues what it cannot write, then writes it all."""
+    url = private_redis.url
+    tm = TaskManager(
+        redis=url, prefix=key_prefix, heartbeat_interval=0.1, liveness_ttl=0.5, shutdown_grace=0
+    )
+    tm._store.retry_budget = 0.3  # type: ignore[attr-defined]  # give up on Redis quickly
+    async with tm:
+        long = await tm.create_task(forever(), user_id="ana")
+        await asyncio.to_thread(private_redis.stop)
+
+        offline = await tm.create_task(value("made offline"), user_id="ana")
+        stopped = await tm.stop_task(long)  # a local stop needs no store
+        assert stopped.outcome is StopOutcome.CANCELLED
+        for _ in range(100):
+            if not tm._connected:
+                break
+            await asyncio.sleep(0.05)
+        assert not tm._connected
+        assert tm._flusher.backlog == 2  # both final records, queued once each
+        assert (await tm.wait(offline, timeout=1)).result == "made offline"  # read locally
+
+        await asyncio.to_thread(private_redis.restart)  # back, and empty
+        async with TaskManager(redis=url, prefix=key_prefix) as other:
+            for _ in range(100):
+                got = [await other.get_record(t) for t in (offline, long)]
+                if all(r is not None and r.is_terminal for r in got):
+                    break
+                await asyncio.sleep(0.05)
+            assert [r.status if r else None for r in got] == [
+                TaskStatus.COMPLETED,
+                TaskStatus.CANCELLED,
+            ]
+            assert got[0] is not None and got[0].result == "made offline"
+        assert tm._connected and tm._flusher.backlog == 0
