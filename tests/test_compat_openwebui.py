@@ -176,7 +176,7 @@ async def test_a_caller_chosen_task_id_names_the_task_everywhere() -> None:
     assert await ow.list_tasks(None) == ["msg-task-1"]
     assert await ow.list_task_ids_by_item_id(None, "chat-1") == ["msg-task-1"]
     (rec,) = (await ow.get_default_manager().records()).records
-    assert rec.task_id != "msg-task-1"  # the manager's own id
+    assert rec.task_id == "msg-task-1"  # the same id on every instance
     assert await ow.stop_task(None, "msg-task-1") == {
         "status": True,
         "message": "Task msg-task-1 successfully stopped.",
@@ -722,6 +722,32 @@ async def test_redis_stop_from_another_instance_is_confirmed(
         }
         assert ids_tasks[1][1].cancelled()
         assert await ow.list_tasks(redis_app) == []
+    finally:
+        await ow.aclose_default_managers()
+        await other_client.aclose()
+
+
+@pytest.mark.redis
+async def test_redis_a_caller_chosen_id_is_stopped_from_another_instance(
+    redis_app: redis.asyncio.Redis, redis_url: str, key_prefix: str
+) -> None:
+    other_client = redis.asyncio.Redis.from_url(redis_url)
+    try:
+        ow.set_default_manager(
+            TaskManager(redis=other_client, prefix=key_prefix), redis=other_client
+        )
+        task_id, task = await ow.create_task(redis_app, sleeps(), "chat-r", task_id="msg-7")
+        assert task_id == "msg-7"
+        assert await ow.list_tasks(other_client) == ["msg-7"]
+        assert await ow.stop_task(other_client, "msg-7") == {
+            "status": True,
+            "message": "Task msg-7 successfully stopped.",
+        }
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        # Finished, the id is free again for a new task (here only, as an alias).
+        again, second = await ow.create_task(redis_app, returns(3), "chat-r", task_id="msg-7")
+        assert (again, await second) == ("msg-7", 3)
     finally:
         await ow.aclose_default_managers()
         await other_client.aclose()

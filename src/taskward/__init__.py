@@ -17,6 +17,7 @@ from ._records import TaskStatus as TaskStatus
 from .errors import ManagerClosed as ManagerClosed
 from .errors import MaxRuntimeExceeded as MaxRuntimeExceeded
 from .errors import StoreUnavailable as StoreUnavailable
+from .errors import TaskIdInUse as TaskIdInUse
 from .errors import TaskLost as TaskLost
 from .errors import TaskNotFound as TaskNotFound
 from .errors import TaskTimeout as TaskTimeout
@@ -40,6 +41,7 @@ __all__ = (
     "StoreUnavailable",
     "TaskError",
     "TaskEvent",
+    "TaskIdInUse",
     "TaskLost",
     "TaskManager",
     "TaskNotFound",

@@ -4,6 +4,7 @@ The tree::
 
     TaskwardError
     ├── TaskNotFound          a task id that does not exist (or belongs to another user)
+    ├── TaskIdInUse           a caller-chosen task id that names a known task
     ├── TaskTimeout           waiting for a task took longer than allowed
     ├── MaxRuntimeExceeded    a task ran past its max_runtime (recorded as the task's error)
     ├── TaskLost              a task's owner instance died (recorded as the task's error)
@@ -19,6 +20,7 @@ __all__ = [
     "ManagerClosed",
     "MaxRuntimeExceeded",
     "StoreUnavailable",
+    "TaskIdInUse",
     "TaskLost",
     "TaskNotFound",
     "TaskTimeout",
@@ -35,6 +37,14 @@ class TaskNotFound(TaskwardError, LookupError):
 
     def __init__(self, task_id: str) -> None:
         super().__init__(f"task {task_id!r} not found")
+        self.task_id = task_id
+
+
+class TaskIdInUse(TaskwardError, ValueError):
+    """Raised when `create_task(task_id=...)` names a task that is known (running or kept)."""
+
+    def __init__(self, task_id: str) -> None:
+        super().__init__(f"task id {task_id!r} is already in use")
         self.task_id = task_id
 
 

@@ -34,7 +34,14 @@ from ._records import EMPTY, OutputChunk, TaskError, TaskEvent, TaskRecord, Task
 from ._stopping import fence_new_task, stop_local
 from ._sync import SYNC_TIMEOUT, Flusher, cancel_and_wait, unwait
 from .bus.memory import MemoryBus
-from .errors import ManagerClosed, MaxRuntimeExceeded, StoreUnavailable, TaskNotFound, TaskTimeout
+from .errors import (
+    ManagerClosed,
+    MaxRuntimeExceeded,
+    StoreUnavailable,
+    TaskIdInUse,
+    TaskNotFound,
+    TaskTimeout,
+)
 from .stores.memory import MemoryStore
 
 if TYPE_CHECKING:
@@ -410,7 +417,7 @@ class TaskManager:
         if self._peek(task_id, None) is not None or (
             self._get_now is None and await self._store.get(task_id) is not None
         ):
-            raise ValueError(f"task id {task_id!r} is already in use")
+            raise TaskIdInUse(task_id)
 
     async def _run(self, rec: _Live, coro: Coroutine[Any, Any, Any]) -> Any:
         rec.coro = None  # started: from here on the outcome is recorded below

@@ -57,9 +57,10 @@ Deviations, each because taskward cannot or should not do otherwise:
   characters, no whitespace, control characters or ``{ } * ? [ ] \\ "``);
   `create_task` raises `ValueError` for others, and lookups answer "not found".
 - A ``task_id=`` chosen by the caller (open-webui 0.12.4 passes the message's
-  id) is known under that name to this process only; other instances see the
-  task under its taskward id. `cleanup_task` likewise deregisters tasks started
-  by this process only.
+  id) is the task's id on every instance, unless a finished task still holds
+  it: then the new task is known by it to this process only (other instances
+  see its taskward id). `cleanup_task` deregisters tasks started by this
+  process only.
 - ``list_task_ids_by_item_id(redis, None)`` is ``[]`` in both modes (open-webui
   0.12.4 lists every task when given Redis and ``None``), and listings are
   oldest first in both (open-webui's Redis listings come in no set order).
@@ -76,6 +77,7 @@ from typing import TYPE_CHECKING, Any, TypedDict
 
 from .._ids import check_id
 from .._records import StopOutcome, TaskStatus
+from ..errors import TaskIdInUse
 from ..manager import TaskManager
 
 if TYPE_CHECKING:
@@ -243,12 +245,12 @@ async def create_task(
             check_id(task_id, "task_id")
             if task_id in registry.aliases or task_id in registry.live:
                 raise ValueError(f"task_id {task_id!r} is already in use")
-        real_id = await manager.create_task(run.capture(), id or None, name=_name_of(coroutine))
+        real_id = await _create(manager, run, id or None, _name_of(coroutine), task_id or None)
     except BaseException:
         coroutine.close()
         raise
     shown = real_id
-    if task_id:
+    if task_id and real_id != task_id:
         registry.aliases[task_id] = real_id
         registry.names[real_id] = shown = task_id
     task = asyncio.get_running_loop().create_task(run.follow(), name=f"task-{shown}")
@@ -256,6 +258,26 @@ async def create_task(
     task.add_done_callback(functools.partial(registry.forget, real_id))
     registry.live[real_id] = task
     return shown, task
+
+
+async def _create(
+    manager: TaskManager, run: _Run, item_id: str | None, name: str | None, task_id: str | None
+) -> str:
+    """The task under the caller's id where it is free, so every instance knows it by it.
+
+    open-webui forgets a task when it ends and lets its id be used again; taskward
+    keeps finished records for a while. An id held by a finished task is given
+    to the new one here only, as an alias of a fresh id; one held by a running
+    task is refused, as it would be by a second `create_task` here.
+    """
+    try:
+        return await manager.create_task(run.capture(), item_id, name=name, task_id=task_id)
+    except TaskIdInUse:
+        assert task_id is not None  # only a chosen id can be in use
+        holder = await manager.get_record(task_id)
+        if holder is not None and holder.status is _RUNNING:
+            raise
+    return await manager.create_task(run.capture(), item_id, name=name)
 
 
 def _name_of(coroutine: Coroutine[Any, Any, Any]) -> str | None:
