@@ -210,7 +210,8 @@ async def test_a_pending_stop_is_retried_until_the_task_is_cancelled(
     make_manager: Callable[..., TaskManager],
 ) -> None:
     """The request stays: the housekeeping tick cancels the task again."""
-    tm = make_manager(stop_timeout=0.1, heartbeat_interval=0.1, liveness_ttl=0.5)
+    # The stop gives up (pending) well before the first tick re-cancels the task.
+    tm = make_manager(stop_timeout=0.05, heartbeat_interval=0.4, liveness_ttl=1.0)
     rec = await stop_swallowed_once(tm, tm)
     assert rec.status is TaskStatus.CANCELLED
     assert rec.error is not None
@@ -397,9 +398,10 @@ async def test_a_second_manager_stops_an_items_tasks_on_both(
 async def test_a_remote_stop_swallowed_once_is_retried_by_the_owner(
     peers: Peers,
 ) -> None:
-    timing: dict[str, Any] = {"heartbeat_interval": 0.1, "liveness_ttl": 0.5}
+    # The stop gives up (pending) well before the owner's first tick re-cancels.
+    timing: dict[str, Any] = {"heartbeat_interval": 0.4, "liveness_ttl": 1.0}
     a = peers(**timing)
-    b = peers(stop_timeout=0.1, **timing)
+    b = peers(stop_timeout=0.05, **timing)
     await b.start()
     rec = await stop_swallowed_once(a, b)
     assert rec.status is TaskStatus.CANCELLED
