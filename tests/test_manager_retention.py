@@ -136,6 +136,9 @@ async def test_max_finished_keeps_the_newest(make_manager: Callable[..., TaskMan
 async def test_max_finished_holds_under_200_000_tasks(
     make_manager: Callable[..., TaskManager],
 ) -> None:
+    # asyncio's debug mode records a traceback per scheduled callback: 200k tasks
+    # would take minutes. This test is about memory, so it runs without it.
+    asyncio.get_running_loop().set_debug(False)
     tm = make_manager(max_finished=1000)
     store = memory_store(tm)
     start = time.monotonic()
