@@ -72,14 +72,14 @@ class Housekeeper:
             running = [rec for rec in tasks if rec.status is _RUNNING]
             was_alive = await store.heartbeat(manager.instance_id, manager.liveness_ttl, running)
             logger.warning("store reachable again: re-asserted %d running tasks", len(running))
-            if not was_alive and manager._bus.has_peers():
+            if not was_alive and manager._has_peers():
                 await self._settle_reaped(tasks, running)
             manager._connected = True
             self._connected_since = time.monotonic()
             manager._flusher.resume()
         elif (
             not await store.heartbeat(manager.instance_id, manager.liveness_ttl)
-            and manager._bus.has_peers()  # alone, nobody can have reaped our tasks
+            and manager._has_peers()  # alone, nobody can have reaped our tasks
         ):
             await self._presumed_dead()
         beat = time.monotonic()
@@ -149,7 +149,7 @@ class Housekeeper:
             for rec in lost
         ]
         manager.on_events(events)
-        if manager._bus.has_peers():
+        if manager._has_peers():
             for event in events:
                 manager._flusher.add_event(event)
 

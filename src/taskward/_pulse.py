@@ -109,11 +109,7 @@ def sync_client_factory(
             )
         from redis.sentinel import Sentinel
 
-        sentinel_opts = dict(opts)
-        if target.sentinel_password is not None:
-            sentinel_opts["password"] = target.sentinel_password
-        if target.sentinel_username is not None:
-            sentinel_opts["username"] = target.sentinel_username
+        sentinel_opts = target.sentinel_options(opts)
 
         def master() -> tuple[Any, Callable[[], None]]:
             sentinel = Sentinel(list(target.hosts), sentinel_kwargs=sentinel_opts)  # type: ignore[no-untyped-call]

@@ -104,6 +104,15 @@ class RedisTarget:
     sentinel_password: str | None = field(default=None, repr=False)
     ssl: bool = False
 
+    def sentinel_options(self, base: dict[str, Any]) -> dict[str, Any]:
+        """`base` plus the sentinels' own credentials: the ``sentinel_kwargs`` redis-py takes."""
+        opts = dict(base)
+        if self.sentinel_password is not None:
+            opts["password"] = self.sentinel_password
+        if self.sentinel_username is not None:
+            opts["username"] = self.sentinel_username
+        return opts
+
 
 def parse_url(url: str) -> RedisTarget:
     """Parse a taskward Redis URL; ValueError if it is not one (see the module docstring)."""
@@ -301,13 +310,9 @@ def connect(redis: str | Client, **options: Any) -> RedisConnection:
             **opts,
         )
         return RedisConnection(cluster, owned=True, target=target)
-    sentinel_opts: dict[str, Any] = {
-        k: v for k, v in opts.items() if k.startswith(("socket_", "ssl"))
-    }
-    if target.sentinel_password is not None:
-        sentinel_opts["password"] = target.sentinel_password
-    if target.sentinel_username is not None:
-        sentinel_opts["username"] = target.sentinel_username
+    sentinel_opts = target.sentinel_options(
+        {k: v for k, v in opts.items() if k.startswith(("socket_", "ssl"))}
+    )
     sentinel = Sentinel(list(target.hosts), sentinel_kwargs=sentinel_opts)  # type: ignore[no-untyped-call]
     master = sentinel.master_for(
         target.master,

@@ -513,14 +513,14 @@ class TaskManager:
             rec.progress_message = message
         rec.updated_at = now = _time()
         self._flusher.mark(rec)
-        if self._streams or self._bus.has_peers():
+        if self._streams or self._has_peers():
             self._emit("progress", rec, now)
 
     def _on_output(self, rec: _Live, text: str) -> None:
         rec.seq += 1
         now = _time()
         self._flusher.add_output(rec.task_id, OutputChunk(rec.seq, text, now))
-        if self._streams or self._bus.has_peers():
+        if self._streams or self._has_peers():
             self._emit("output", rec, now, text, rec.seq)
 
     # -- events ------------------------------------------------------------------
@@ -583,7 +583,7 @@ class TaskManager:
             for stream in self._streams:
                 if stream.matches(event):
                     stream.push(event)
-        if self._bus.has_peers():
+        if self._has_peers():
             self._flusher.add_event(
                 TaskEvent(
                     kind,
@@ -675,12 +675,7 @@ class TaskManager:
         """
         if timeout is not None:
             check_positive("timeout", timeout, allow_zero=True)
-        # The fast path of `_peek`, inline: waits are as frequent as creations.
-        rec: TaskRecord | None = self._local.get(task_id)
-        if rec is None:
-            rec = self._peek(task_id, user_id)
-        elif user_id is not None and rec.user_id != user_id:
-            rec = None
+        rec = self._peek(task_id, user_id)
         if rec is None:
             check_id(task_id, "task_id")
             check_optional_id(user_id, "user_id")
