@@ -20,6 +20,8 @@ from taskward import (
     TERMINAL,
     ManagerClosed,
     TaskManager,
+    TaskError,
+    TaskFailed,
     TaskNotFound,
     TaskRecord,
     TaskStatus,
@@ -234,6 +236,60 @@ async def test_wait_without_timeout_and_on_a_finished_task(tm: TaskManager) -> N
     assert (await tm.wait(task_id)).result == 7
     # Already terminal: answered at once, even with a zero timeout.
     assert (await tm.wait(task_id, timeout=0)).result == 7
+
+
+async def test_result_is_what_the_coroutine_returned(tm: TaskManager) -> None:
+    payload = {"rows": [1, 2, 3]}
+    task_id = await tm.create_task(value(payload))
+    assert await tm.result(task_id) is payload  # in process: the object itself, like a Task's
+    assert await tm.result(task_id, timeout=0) is payload  # terminal: answered at once
+    release = asyncio.Event()
+    later = await tm.create_task(blocked(release, "done"))
+    waiter = asyncio.create_task(tm.result(later, timeout=5))
+    await asyncio.sleep(0.01)
+    assert not waiter.done()
+    release.set()
+    assert await waiter == "done"
+
+
+async def test_result_of_a_failed_task_raises_task_failed_with_its_error(tm: TaskManager) -> None:
+    task_id = await tm.create_task(fail("boom"))
+    with pytest.raises(TaskFailed) as info:
+        await tm.result(task_id, timeout=1)
+    assert info.value.task_id == task_id
+    assert info.value.status is TaskStatus.FAILED
+    assert info.value.error == TaskError("RuntimeError", "boom")
+    assert str(info.value) == f"task {task_id!r} ended failed: RuntimeError: boom"
+
+
+async def test_result_of_a_stopped_task_raises_task_failed_cancelled(tm: TaskManager) -> None:
+    task_id = await tm.create_task(forever())
+    await asyncio.sleep(0)
+    assert (await tm.stop_task(task_id)).outcome == "cancelled"
+    with pytest.raises(TaskFailed) as info:
+        await tm.result(task_id)
+    assert info.value.status is TaskStatus.CANCELLED
+    assert info.value.error is not None
+    assert info.value.error.type == "CancelledError"
+
+
+async def test_result_not_found_timeout_and_bad_arguments(tm: TaskManager) -> None:
+    unknown = str(uuid.uuid4())
+    with pytest.raises(TaskNotFound):
+        await tm.result(unknown)
+    mine = await tm.create_task(value(1), user_id="alice")
+    with pytest.raises(TaskNotFound):  # another user's task looks like a missing one
+        await tm.result(mine, user_id="bob")
+    assert await tm.result(mine, user_id="alice") == 1
+    running = await tm.create_task(forever())
+    with pytest.raises(TaskTimeout):
+        await tm.result(running, timeout=0.02)
+    with pytest.raises(ValueError, match="timeout"):
+        await tm.result(mine, timeout=-1)
+    with pytest.raises(TypeError):
+        await tm.result(42)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="task_id"):
+        await tm.result("")
 
 
 async def test_wait_raises_task_timeout_and_the_task_keeps_running(tm: TaskManager) -> None:

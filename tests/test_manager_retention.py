@@ -30,7 +30,7 @@ def index_sizes(store: MemoryStore) -> dict[str, int]:
     """Entries in every per-task structure of the store."""
     index = store._index
     return {
-        "records": len(store._records),
+        "records": len(store),
         "order": len(store._order),
         "finished": len(store._finished),
         "outputs": len(store._outputs),
@@ -80,7 +80,7 @@ async def test_finished_records_expire_after_result_ttl(
     assert [r.task_id for r in (await tm.records(status="completed")).records] == [fresh]
     assert '"not_found"' in await tm.get_result(old)
     store = memory_store(tm)
-    assert old not in store._records
+    assert old not in store
     assert old not in store._outputs
 
 
@@ -163,7 +163,7 @@ async def test_max_finished_holds_under_200_000_tasks(
     assert sizes["user_keys"] <= 50
     assert len(tm._local) == 0
     for task_id in last[-900:]:  # the newest are the ones kept
-        assert task_id in store._records
+        assert task_id in store
 
 
 async def test_evicted_output_streams_are_dropped(make_manager: Callable[..., TaskManager]) -> None:
@@ -177,7 +177,7 @@ async def test_evicted_output_streams_are_dropped(make_manager: Callable[..., Ta
     await tm.records(limit=1)
     store = memory_store(tm)
     assert len(store._outputs) == 10
-    assert set(store._outputs) <= set(store._records)
+    assert all(task_id in store for task_id in store._outputs)
 
 
 async def test_running_tasks_are_never_evicted(make_manager: Callable[..., TaskManager]) -> None:
@@ -192,7 +192,7 @@ async def test_running_tasks_are_never_evicted(make_manager: Callable[..., TaskM
         assert rec is not None
         assert rec.status is TaskStatus.RUNNING
     assert await tm.list_task_ids_by_item_id("long") == running
-    assert len(memory_store(tm)._records) == 13
+    assert len(memory_store(tm)) == 13
     release.set()
     for task_id in running:
         assert (await tm.wait(task_id, timeout=1)).result == "released"
@@ -205,4 +205,4 @@ async def test_retention_of_a_store_passed_in(make_manager: Callable[..., TaskMa
     for i in range(6):
         await tm.wait(await tm.create_task(value(i)), timeout=1)
     await tm.records(limit=1)
-    assert len(store._records) == 3
+    assert len(store) == 3

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 import uuid
 
@@ -316,13 +317,13 @@ async def test_output_streams_are_bounded_by_max_output() -> None:
 
 def assert_forgotten(store: MemoryStore, task_id: str) -> None:
     index = store._index
-    assert task_id not in store._records
+    assert task_id not in store
     assert task_id not in store._order
     assert task_id not in store._outputs
     assert all(task_id not in ids for ids in index.by_user.values())
     assert all(task_id not in ids for ids in index.by_item.values())
     assert all(task_id not in ids for ids in index.by_status.values())
-    assert all(rec.task_id != task_id for rec in store._finished)
+    assert task_id not in store._finished
 
 
 async def test_max_finished_drops_the_oldest_finished_with_everything_they_had() -> None:
@@ -474,7 +475,7 @@ async def test_reaped_records_count_towards_max_finished() -> None:
     await store.heartbeat("dead", 0.01)
     await asyncio.sleep(0.05)
     assert len(await store.reap(time.time())) == 2
-    assert len(store._records) == 1
+    assert len(store) == 1
     assert await store.get(b.task_id) is not None
 
 
@@ -524,3 +525,47 @@ async def test_running_tasks_of_a_retired_instance_are_reaped() -> None:
     got = await store.get(rec.task_id)
     assert got is not None
     assert got.status is TaskStatus.LOST
+
+
+# -- kept terminal records ------------------------------------------------------------------
+
+
+async def test_terminal_records_of_plain_values_are_invisible_to_the_garbage_collector() -> None:
+    """A kept result costs a full collection nothing: no object per record to walk."""
+    store = MemoryStore()
+    running = [make_record() for _ in range(50)]
+    await store.save(WriteBatch(running, now=time.time()))
+    for rec in running:
+        finish(rec)
+    await store.save(WriteBatch(running, now=time.time()))
+    gc.collect()
+    tracked = {id(o) for o in gc.get_objects()}
+    kept = [store._done[rec.task_id] for rec in running]
+    assert not any(id(packed) in tracked for packed in kept)
+    # ... and every field survives the packing.
+    for rec in running:
+        assert await store.get(rec.task_id) == rec
+
+
+async def test_terminal_records_keep_errors_metadata_redirects_and_rich_results() -> None:
+    rec = make_record()
+    rec.metadata = {"tool": "search", "args": {"q": "x"}}
+    rec.redirect = {"platform": "slack", "channel_id": "C1"}
+    store = MemoryStore()
+    await store.save(WriteBatch([rec], now=time.time()))
+    finish(rec, TaskStatus.FAILED)
+    rec.error = TaskError("ValueError", "bad input")
+    rec.result = {"partial": [1, 2]}
+    rec.progress, rec.progress_message = 0.5, "half"
+    await store.save(WriteBatch([rec], now=time.time()))
+    first = await store.get(rec.task_id)
+    assert first == rec
+    assert first is not None
+    first.metadata["tool"] = "changed"  # type: ignore[index]
+    assert first.redirect is not None
+    first.redirect["channel_id"] = "C2"
+    again = await store.get(rec.task_id)
+    assert again == rec  # a read gets its own copy of what is kept
+    page = await store.query(status=TaskStatus.FAILED)
+    assert page.records == [rec]
+

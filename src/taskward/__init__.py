@@ -17,6 +17,7 @@ from ._records import TaskStatus as TaskStatus
 from .errors import ManagerClosed as ManagerClosed
 from .errors import MaxRuntimeExceeded as MaxRuntimeExceeded
 from .errors import StoreUnavailable as StoreUnavailable
+from .errors import TaskFailed as TaskFailed
 from .errors import TaskIdInUse as TaskIdInUse
 from .errors import TaskLost as TaskLost
 from .errors import TaskNotFound as TaskNotFound
@@ -41,6 +42,7 @@ __all__ = (
     "StoreUnavailable",
     "TaskError",
     "TaskEvent",
+    "TaskFailed",
     "TaskIdInUse",
     "TaskLost",
     "TaskManager",

@@ -116,7 +116,7 @@ def stop_local(manager: TaskManager, rec: _Live) -> None:
     """Stop a task of this instance: note the request (once), then cancel it."""
     if rec.stop_requested_at is None:
         rec.stop_requested_at = now = _time()
-        if manager._streams or manager._has_peers():
+        if manager._watched:
             manager._emit("stop_requested", rec, now)
     rec.cancel(STOP_REASON)
 

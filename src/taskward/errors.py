@@ -6,6 +6,7 @@ The tree::
     ├── TaskNotFound          a task id that does not exist (or belongs to another user)
     ├── TaskIdInUse           a caller-chosen task id that names a known task
     ├── TaskTimeout           waiting for a task took longer than allowed
+    ├── TaskFailed            `result()` of a task that failed, was cancelled or was lost
     ├── MaxRuntimeExceeded    a task ran past its max_runtime (recorded as the task's error)
     ├── TaskLost              a task's owner instance died (recorded as the task's error)
     ├── ManagerClosed         the manager was closed, or used before it started
@@ -16,10 +17,16 @@ Argument checks raise the built-in `TypeError` and `ValueError`.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ._records import TaskError, TaskStatus
+
 __all__ = [
     "ManagerClosed",
     "MaxRuntimeExceeded",
     "StoreUnavailable",
+    "TaskFailed",
     "TaskIdInUse",
     "TaskLost",
     "TaskNotFound",
@@ -55,6 +62,21 @@ class TaskTimeout(TaskwardError, TimeoutError):
         super().__init__(f"task {task_id!r} did not finish within {timeout:g}s")
         self.task_id = task_id
         self.timeout = timeout
+
+
+class TaskFailed(TaskwardError):
+    """Raised by `TaskManager.result()` for a task that did not complete.
+
+    `status` is the task's final status (`failed`, `cancelled` or `lost`) and
+    `error` what went wrong, as recorded (a `TaskError`: type name and message).
+    """
+
+    def __init__(self, task_id: str, status: TaskStatus, error: TaskError | None) -> None:
+        detail = f": {error.type}: {error.message}" if error is not None else ""
+        super().__init__(f"task {task_id!r} ended {status.value}{detail}")
+        self.task_id = task_id
+        self.status = status
+        self.error = error
 
 
 class MaxRuntimeExceeded(TaskwardError):

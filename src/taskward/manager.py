@@ -38,6 +38,7 @@ from .errors import (
     ManagerClosed,
     MaxRuntimeExceeded,
     StoreUnavailable,
+    TaskFailed,
     TaskIdInUse,
     TaskNotFound,
     TaskTimeout,
@@ -45,7 +46,7 @@ from .errors import (
 from .stores.memory import MemoryStore
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Coroutine, Iterable, Sequence
+    from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 
     from ._pulse import Pulse
     from ._records import StopResult
@@ -65,6 +66,16 @@ _time = time.time
 
 RECENT_LIMIT = 10_000
 CLOSE_REASON = "manager closed"
+
+
+def _own(rec: TaskRecord) -> TaskRecord:
+    """The record for a caller to keep.
+
+    A live record (this instance's, or one a memory store shares) is copied; a
+    terminal one a store made for this read (unpacked or decoded) is already
+    the caller's.
+    """
+    return rec if type(rec) is TaskRecord and rec.status is not _RUNNING else rec.copy()
 
 
 class _State(enum.Enum):
@@ -90,6 +101,41 @@ class _Live(TaskRecord):
     waiters: list[asyncio.Future[None]] | None
     cancel_reason: str | None
     seq: int
+
+    def __init__(
+        self,
+        manager: TaskManager,
+        coro: Coroutine[Any, Any, Any],
+        task_id: str,
+        name: str,
+        item_id: str | None,
+        user_id: str | None,
+        channel_id: str,
+        platform: str,
+        now: float,
+        metadata: Mapping[str, Any],
+        max_runtime: float | None,
+    ) -> None:
+        # Every field written once, in one function: cheaper than the dataclass's
+        # twenty-argument __init__ followed by the live fields.
+        self.task_id = task_id
+        self.status = _RUNNING
+        self.name = name
+        self.item_id = item_id
+        self.user_id = user_id
+        self.channel_id = channel_id
+        self.platform = platform
+        self.instance_id = manager.instance_id
+        self.created_at = self.started_at = self.updated_at = now
+        self.finished_at = self.result = self.error = None
+        self.progress = self.progress_message = None
+        self.metadata = metadata
+        self.redirect = self.stop_requested_at = None
+        self.max_runtime = max_runtime
+        self.manager = manager
+        self.coro = coro
+        self.task = self.waiters = self.cancel_reason = None
+        self.seq = 0
 
     def cancel(self, reason: str) -> None:
         """Cancel the task; one that never got to run is finished right here."""
@@ -194,6 +240,11 @@ class TaskManager:
         # Bound once: called for every task (create, finish).
         self._mark = self._flusher.mark
         self._has_peers = self._bus.has_peers
+        # Nobody but this manager can ever hear of its tasks (the default: its own
+        # store and bus in memory): the hot path skips events and store syncs.
+        self._alone = store is None and bus is None and redis is None
+        # Whether a task's events may have a listener (a local stream or a peer).
+        self._watched = not self._alone
         self._spawn: Callable[[Coroutine[Any, Any, Any]], asyncio.Task[Any]] = (
             asyncio.create_task  # replaced by the running loop's own in start()
         )
@@ -285,6 +336,7 @@ class TaskManager:
             for stream in self._streams:
                 stream.close_from_manager()
             self._streams.clear()
+            self._watched = not self._alone
             await self._store.aclose()
             for resource in self._owned:
                 await resource.aclose()
@@ -380,39 +432,26 @@ class TaskManager:
         if task_id is None:
             task_id = new_task_id()
         rec = _Live(
+            self,
+            coro,
             task_id,
-            _RUNNING,
             name or "",
             item_id,
             user_id,
             channel_id,
             platform,
-            self.instance_id,
             now,
-            now,
-            now,
-            None,
-            None,
-            None,
-            None,
-            None,
             EMPTY if metadata is None else dict(metadata),
-            None,
-            None,
             max_runtime,
         )
-        rec.manager = self
-        rec.coro = coro
-        rec.waiters = rec.cancel_reason = None
-        rec.seq = 0
         self._local[task_id] = rec
         rec.task = self._spawn(self._run(rec, coro))
         self._mark(rec)
-        if self._streams or self._has_peers():
+        if self._watched:
             self._emit("created", rec, now)
         if self._fences and item_id is not None and item_id in self._fences:
             fence_new_task(self._fences, rec)
-        if self._get_now is None or self._has_peers():
+        if not self._alone and (self._get_now is None or self._has_peers()):
             # A shared store: return once the task is visible to every instance.
             # Concurrent creations share the write; an unreachable or slow store
             # does not block for long (the task runs and is written on reconnect).
@@ -478,7 +517,7 @@ class TaskManager:
             for fut in waiters:
                 if not fut.done():
                     fut.set_result(None)
-        if self._streams or self._has_peers():
+        if self._watched:
             self._emit("finished", rec, now)
 
     def _forget(self, records: Iterable[TaskRecord]) -> None:
@@ -513,14 +552,14 @@ class TaskManager:
             rec.progress_message = message
         rec.updated_at = now = _time()
         self._flusher.mark(rec)
-        if self._streams or self._has_peers():
+        if self._watched:
             self._emit("progress", rec, now)
 
     def _on_output(self, rec: _Live, text: str) -> None:
         rec.seq += 1
         now = _time()
         self._flusher.add_output(rec.task_id, OutputChunk(rec.seq, text, now))
-        if self._streams or self._has_peers():
+        if self._watched:
             self._emit("output", rec, now, text, rec.seq)
 
     # -- events ------------------------------------------------------------------
@@ -552,11 +591,13 @@ class TaskManager:
             on_close=self._drop_stream,
         )
         self._streams.append(stream)
+        self._watched = True
         return stream
 
     def _drop_stream(self, stream: EventStream) -> None:
         if stream in self._streams:
             self._streams.remove(stream)
+        self._watched = bool(self._streams) or not self._alone
 
     def _emit(
         self, kind: str, rec: TaskRecord, at: float, data: str | None = None, seq: int | None = None
@@ -633,7 +674,7 @@ class TaskManager:
         check_optional_id(user_id, "user_id")
         await self._ensure_started()
         rec = await self._lookup(task_id, user_id)
-        return None if rec is None else rec.copy()
+        return None if rec is None else _own(rec)
 
     def _peek(self, task_id: str, user_id: str | None) -> TaskRecord | None:
         """The record if it can be had without I/O (local, or an in-memory store)."""
@@ -667,12 +708,37 @@ class TaskManager:
     async def wait(
         self, task_id: str, timeout: float | None = None, user_id: str | None = None
     ) -> TaskRecord:
-        """Wait until the task is terminal and return its record.
+        """Wait until the task is terminal and return (a copy of) its record.
 
         Raises `TaskNotFound` (unknown or not the user's) or `TaskTimeout`.
         Waiting is woken by the task's own finish (here) or by its event (from
         another instance), with a slow re-read of the store as a safety net.
         """
+        rec = self._peek(task_id, user_id)
+        if rec is None or rec.status is _RUNNING or timeout is not None:
+            rec = await self._terminal(task_id, timeout, user_id)
+        return _own(rec)
+
+    async def result(
+        self, task_id: str, timeout: float | None = None, user_id: str | None = None
+    ) -> Any:
+        """Wait until the task is terminal and return what its coroutine returned.
+
+        Like `await task` for an `asyncio.Task`: raises `TaskFailed` (with the
+        final status and the recorded error) if the task failed, was cancelled
+        or was lost, and `TaskNotFound` or `TaskTimeout` like `wait`.
+        """
+        rec = self._peek(task_id, user_id)
+        if rec is None or rec.status is _RUNNING or timeout is not None:
+            rec = await self._terminal(task_id, timeout, user_id)
+        if rec.status is _COMPLETED:
+            return rec.result
+        raise TaskFailed(rec.task_id, rec.status, rec.error)
+
+    async def _terminal(
+        self, task_id: str, timeout: float | None, user_id: str | None
+    ) -> TaskRecord:
+        """The task's terminal record, after waiting for it; may be a live one (copy it)."""
         if timeout is not None:
             check_positive("timeout", timeout, allow_zero=True)
         rec = self._peek(task_id, user_id)
@@ -684,7 +750,7 @@ class TaskManager:
             if rec is None:
                 raise TaskNotFound(task_id)
         if rec.status is not _RUNNING:
-            return rec.copy()
+            return rec
         try:
             async with asyncio.timeout(timeout):
                 return await self._wait_terminal(task_id)
@@ -697,12 +763,12 @@ class TaskManager:
             handle = self._local.get(task_id)
             if handle is not None:
                 if handle.status is not _RUNNING:
-                    return handle.copy()
+                    return handle
                 if handle.waiters is None:
                     handle.waiters = []
                 handle.waiters.append(fut)
                 await fut
-                return handle.copy()
+                return handle
             self._remote_waiters.setdefault(task_id, []).append(fut)
             try:
                 rec = await self._store.get(task_id)

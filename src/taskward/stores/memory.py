@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from .._records import OutputChunk, TaskError, TaskRecord, TaskStatus
+from .._records import EMPTY, OutputChunk, TaskError, TaskRecord, TaskStatus
 from .base import Page, Retention, WriteBatch
 
 if TYPE_CHECKING:
@@ -38,18 +38,6 @@ class _Index:
         self.by_item: dict[str, dict[str, None]] = {}
         self.by_status: dict[TaskStatus, dict[str, None]] = {s: {} for s in TaskStatus}
 
-    def add(self, rec: TaskRecord) -> None:
-        if rec.user_id is not None:
-            self.by_user.setdefault(rec.user_id, {})[rec.task_id] = None
-        if rec.item_id is not None:
-            self.by_item.setdefault(rec.item_id, {})[rec.task_id] = None
-        self.by_status[rec.status][rec.task_id] = None
-
-    def remove(self, rec: TaskRecord) -> None:
-        _discard(self.by_user, rec.user_id, rec.task_id)
-        _discard(self.by_item, rec.item_id, rec.task_id)
-        self.by_status[rec.status].pop(rec.task_id, None)
-
 
 def _discard(index: dict[str, dict[str, None]], key: str | None, task_id: str) -> None:
     if key is None:
@@ -61,20 +49,116 @@ def _discard(index: dict[str, dict[str, None]], key: str | None, task_id: str) -
             del index[key]
 
 
+# A terminal record is kept packed: a plain tuple of strings, numbers and the
+# result. The garbage collector stops tracking such a tuple (when the result is a
+# plain value too), so thousands of kept results cost a full collection nothing,
+# where as many record objects made every one of them walk all of those records
+# (bench/lifecycle.py: the retained results of a 100k round were a fifth of the
+# next round's time). Reads unpack a fresh record, which is the caller's copy.
+_Packed = tuple[Any, ...]
+_STATUS_OF = {status.value: status for status in TaskStatus}
+# Positions in a packed record that the store reads without unpacking.
+_P_STATUS, _P_ITEM, _P_USER, _P_FINISHED_AT = 1, 3, 4, 11
+
+
+def _pack(rec: TaskRecord) -> _Packed:
+    error = rec.error
+    metadata = rec.metadata
+    return (
+        rec.task_id,
+        rec.status.value,
+        rec.name,
+        rec.item_id,
+        rec.user_id,
+        rec.channel_id,
+        rec.platform,
+        rec.instance_id,
+        rec.created_at,
+        rec.started_at,
+        rec.updated_at,
+        rec.finished_at,
+        rec.result,
+        None if error is None else error.type,
+        None if error is None else error.message,
+        rec.progress,
+        rec.progress_message,
+        None if metadata is EMPTY else dict(metadata),
+        None if rec.redirect is None else dict(rec.redirect),
+        rec.stop_requested_at,
+        rec.max_runtime,
+    )
+
+
+def _unpack(packed: _Packed) -> TaskRecord:
+    (
+        task_id,
+        status,
+        name,
+        item_id,
+        user_id,
+        channel_id,
+        platform,
+        instance_id,
+        created_at,
+        started_at,
+        updated_at,
+        finished_at,
+        result,
+        error_type,
+        error_message,
+        progress,
+        progress_message,
+        metadata,
+        redirect,
+        stop_requested_at,
+        max_runtime,
+    ) = packed
+    return TaskRecord(
+        task_id,
+        _STATUS_OF[status],
+        name,
+        item_id,
+        user_id,
+        channel_id,
+        platform,
+        instance_id,
+        created_at,
+        started_at,
+        updated_at,
+        finished_at,
+        result,
+        None if error_type is None else TaskError(error_type, error_message),
+        progress,
+        progress_message,
+        EMPTY if metadata is None else dict(metadata),
+        None if redirect is None else dict(redirect),
+        stop_requested_at,
+        max_runtime,
+    )
+
+
 class MemoryStore:
     """A `Store` in this process's memory."""
 
     def __init__(self, retention: Retention | None = None) -> None:
         self.retention = retention or Retention()
-        self._records: dict[str, TaskRecord] = {}
+        self._live: dict[str, TaskRecord] = {}  # running: the owners' own objects
+        self._done: dict[str, _Packed] = {}  # terminal, packed
         self._index = _Index()
-        self._finished: deque[TaskRecord] = deque()  # terminal records, oldest finished first
+        self._finished: deque[str] = deque()  # terminal task ids, oldest finished first
         self._order: dict[str, int] = {}  # task id -> position in creation order (the cursor)
         self._seq = 0
         self._outputs: dict[str, deque[OutputChunk]] = {}
         self._alive: dict[str, float] = {}  # instance id -> deadline (monotonic)
         self._instance_tasks: dict[str, dict[str, None]] = {}
         self._stops: dict[str, dict[str, None]] = {}
+
+    def __len__(self) -> int:
+        """Records kept, running and terminal."""
+        return len(self._live) + len(self._done)
+
+    def __contains__(self, task_id: object) -> bool:
+        return task_id in self._live or task_id in self._done
 
     async def start(self) -> None:
         return None
@@ -89,7 +173,8 @@ class MemoryStore:
 
     def save_now(self, batch: WriteBatch) -> None:
         """`save` without the coroutine: the memory store never waits."""
-        records = self._records
+        live = self._live
+        done = self._done
         order = self._order
         index = self._index
         by_status = index.by_status
@@ -99,30 +184,36 @@ class MemoryStore:
         for rec in batch.records:
             task_id = rec.task_id
             status = rec.status
-            if task_id not in records:  # new here
-                records[task_id] = rec
+            if task_id in done:
+                continue  # terminal states never change
+            stored = live.get(task_id)
+            if stored is None:  # new here
                 seq += 1
                 order[task_id] = seq
                 if rec.user_id is not None:
                     index.by_user.setdefault(rec.user_id, {})[task_id] = None
                 if rec.item_id is not None:
                     index.by_item.setdefault(rec.item_id, {})[task_id] = None
-                by_status[status][task_id] = None
                 if status is _RUNNING:
+                    live[task_id] = rec
+                    running[task_id] = None
                     self._instance_tasks.setdefault(rec.instance_id, {})[task_id] = None
-                else:
-                    finished.append(rec)
-            elif records[task_id] is not rec and not self._replace(rec):
+                    continue
+            elif status is _RUNNING:
+                if stored is not rec:
+                    live[task_id] = rec
                 continue
-            elif status is not _RUNNING and task_id in running:  # just finished
+            else:  # just finished
+                del live[task_id]
                 del running[task_id]
-                by_status[status][task_id] = None
                 _discard(self._instance_tasks, rec.instance_id, task_id)
                 _discard(self._stops, rec.instance_id, task_id)
-                finished.append(rec)
+            by_status[status][task_id] = None
+            done[task_id] = _pack(rec)
+            finished.append(task_id)
         self._seq = seq
         for task_id, chunks in batch.outputs.items():
-            if task_id not in records:
+            if task_id not in live and task_id not in done:
                 continue
             stream = self._outputs.get(task_id)
             if stream is None:
@@ -131,53 +222,61 @@ class MemoryStore:
         if finished:
             self._evict(batch.now or time.time())
 
-    def _replace(self, rec: TaskRecord) -> bool:
-        """A new object for a known id: take it, unless the stored one is terminal.
-
-        Returns whether the caller should go on to index a status change.
-        """
-        stored = self._records[rec.task_id]
-        if stored.status is not _RUNNING:
-            return False  # terminal states never change
-        self._records[rec.task_id] = rec
-        return True
-
     def _evict(self, now: float) -> None:
         finished = self._finished
         cutoff = now - self.retention.result_ttl
         excess = len(finished) - self.retention.max_finished
+        done = self._done
+        order = self._order
+        index = self._index
+        by_status = index.by_status
+        outputs = self._outputs
         while finished:
-            rec = finished[0]
-            if excess <= 0 and (rec.finished_at or 0.0) > cutoff:
+            task_id = finished[0]
+            packed = done[task_id]
+            if excess <= 0 and (packed[_P_FINISHED_AT] or 0.0) > cutoff:
                 break
             finished.popleft()
             excess -= 1
-            task_id = rec.task_id
-            del self._records[task_id]
-            del self._order[task_id]
-            self._index.remove(rec)
-            self._outputs.pop(task_id, None)
+            del done[task_id]
+            del order[task_id]
+            by_status[_STATUS_OF[packed[_P_STATUS]]].pop(task_id, None)
+            if packed[_P_USER] is not None:
+                _discard(index.by_user, packed[_P_USER], task_id)
+            if packed[_P_ITEM] is not None:
+                _discard(index.by_item, packed[_P_ITEM], task_id)
+            if outputs:
+                outputs.pop(task_id, None)
 
     # -- reads ----------------------------------------------------------------
 
     def peek(self, task_id: str) -> TaskRecord | None:
-        """The stored record itself, without a copy: for the manager, which copies."""
-        rec = self._records.get(task_id)
-        if (
-            rec is not None
-            and rec.finished_at is not None
-            and rec.finished_at + self.retention.result_ttl <= time.time()
-        ):
+        """The record without a second copy, for the manager.
+
+        A running record is the owner's own object (the caller copies it before
+        handing it on); a terminal one is unpacked for this call (the caller's).
+        """
+        rec = self._live.get(task_id)
+        if rec is not None:
+            return rec
+        packed = self._done.get(task_id)
+        if packed is None:
+            return None
+        finished_at = packed[_P_FINISHED_AT]
+        if finished_at is not None and finished_at + self.retention.result_ttl <= time.time():
             self._evict(time.time())  # expired: gone for readers, whether or not writes come
             return None
-        return rec
+        return _unpack(packed)
+
+    def _read(self, task_id: str) -> TaskRecord | None:
+        rec = self.peek(task_id)
+        return rec.copy() if rec is not None and rec.status is _RUNNING else rec
 
     async def get(self, task_id: str) -> TaskRecord | None:
-        rec = self.peek(task_id)
-        return None if rec is None else rec.copy()
+        return self._read(task_id)
 
     async def get_many(self, task_ids: Sequence[str]) -> list[TaskRecord | None]:
-        return [None if (rec := self.peek(i)) is None else rec.copy() for i in task_ids]
+        return [self._read(task_id) for task_id in task_ids]
 
     async def query(
         self,
@@ -210,30 +309,41 @@ class MemoryStore:
             else:
                 ids = list(smallest)
         else:
-            ids = list(self._records)
+            ids = list(self._order)
         before = _decode_cursor(cursor) if cursor is not None else None
         order = self._order
+        live = self._live
+        done = self._done
         out: list[TaskRecord] = []
         pos = len(ids) - 1
         if before is not None:
             while pos >= 0 and order[ids[pos]] >= before:
                 pos -= 1
         while pos >= 0 and len(out) < limit:
-            rec = self._records[ids[pos]]
-            if (
-                (user_id is None or rec.user_id == user_id)
-                and (item_id is None or rec.item_id == item_id)
-                and (status is None or rec.status == status)
-            ):
-                out.append(rec.copy())
+            task_id = ids[pos]
             pos -= 1
+            rec = live.get(task_id)
+            if rec is not None:
+                if (
+                    (user_id is None or rec.user_id == user_id)
+                    and (item_id is None or rec.item_id == item_id)
+                    and (status is None or rec.status == status)
+                ):
+                    out.append(rec.copy())
+                continue
+            packed = done[task_id]
+            if (
+                (user_id is None or packed[_P_USER] == user_id)
+                and (item_id is None or packed[_P_ITEM] == item_id)
+                and (status is None or packed[_P_STATUS] == status)
+            ):
+                out.append(_unpack(packed))
         next_cursor = str(order[out[-1].task_id]) if pos >= 0 and out else None
         return Page(out, next_cursor)
 
     async def running_ids_by_item(self, item_id: str) -> list[str]:
-        ids = self._index.by_item.get(item_id, {})
-        records = self._records
-        return [task_id for task_id in ids if records[task_id].status is _RUNNING]
+        live = self._live
+        return [task_id for task_id in self._index.by_item.get(item_id, {}) if task_id in live]
 
     async def read_output(
         self, task_id: str, after: int = 0, limit: int = 1000
@@ -250,13 +360,14 @@ class MemoryStore:
     async def request_stop(
         self, task_id: str, at: float, user_id: str | None = None
     ) -> TaskRecord | None:
-        rec = self._records.get(task_id)
+        rec = self._read(task_id)
         if rec is None or (user_id is not None and rec.user_id != user_id):
             return None
-        if rec.status is _RUNNING and rec.stop_requested_at is None:
-            rec.stop_requested_at = at
-            self._stops.setdefault(rec.instance_id, {})[task_id] = None
-        return rec.copy()
+        live = self._live.get(task_id)
+        if live is not None and live.stop_requested_at is None:
+            live.stop_requested_at = rec.stop_requested_at = at
+            self._stops.setdefault(live.instance_id, {})[task_id] = None
+        return rec
 
     async def pending_stops(self, instance_id: str) -> list[str]:
         return list(self._stops.get(instance_id, ()))
@@ -281,7 +392,7 @@ class MemoryStore:
             del self._alive[instance_id]
             batch = WriteBatch(now=now)
             for task_id in self._instance_tasks.pop(instance_id, {}):
-                rec = self._records[task_id]
+                rec = self._live[task_id]
                 rec.status = TaskStatus.LOST
                 rec.finished_at = rec.updated_at = now
                 rec.error = TaskError(
