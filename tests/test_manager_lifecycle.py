@@ -19,9 +19,9 @@ from helpers import Peers, blocked, fail, forever, no_unawaited_coroutines, swal
 from taskward import (
     TERMINAL,
     ManagerClosed,
-    TaskManager,
     TaskError,
     TaskFailed,
+    TaskManager,
     TaskNotFound,
     TaskRecord,
     TaskStatus,

@@ -568,4 +568,3 @@ async def test_terminal_records_keep_errors_metadata_redirects_and_rich_results(
     assert again == rec  # a read gets its own copy of what is kept
     page = await store.query(status=TaskStatus.FAILED)
     assert page.records == [rec]
-
