@@ -78,6 +78,36 @@ def _own(rec: TaskRecord) -> TaskRecord:
     return rec if type(rec) is TaskRecord and rec.status is not _RUNNING else rec.copy()
 
 
+async def _run(rec: _Live, coro: Coroutine[Any, Any, Any]) -> Any:
+    """What each task's `asyncio.Task` runs: the coroutine, then its outcome recorded.
+
+    Few locals on purpose: this frame lives as long as the task, so its size is
+    memory (and garbage-collector work) per running task.
+    """
+    rec.coro = None  # started: from here on the outcome is recorded below
+    _current.set(rec)
+    try:
+        result = await coro if rec.max_runtime is None else await _run_limited(rec, coro)
+    except BaseException as exc:
+        if rec.manager._failed(rec, exc):
+            raise
+        return None
+    rec.manager._finish(rec, _COMPLETED, result, None)
+    return result
+
+
+async def _run_limited(rec: TaskRecord, coro: Coroutine[Any, Any, Any]) -> Any:
+    assert rec.max_runtime is not None  # checked by the caller; narrows the type
+    scope = asyncio.timeout(rec.max_runtime)
+    try:
+        async with scope:
+            return await coro
+    except TimeoutError:
+        if scope.expired():
+            raise MaxRuntimeExceeded(rec.task_id, rec.max_runtime) from None
+        raise
+
+
 class _State(enum.Enum):
     NEW = "new"
     STARTING = "starting"
@@ -224,6 +254,10 @@ class TaskManager:
         self._get_now: Callable[[str], TaskRecord | None] | None = getattr(
             self._store, "peek", None
         )
+        # A terminal task's status, result and error, from a memory store.
+        self._outcome_now: (
+            Callable[[str, str | None], tuple[TaskStatus, Any, Any] | None] | None
+        ) = getattr(self._store, "outcome", None)
         # Final records of tasks run here, kept for reads when the store is remote.
         self._recent: OrderedDict[str, TaskRecord] | None = (
             OrderedDict() if self._get_now is None else None
@@ -445,7 +479,7 @@ class TaskManager:
             max_runtime,
         )
         self._local[task_id] = rec
-        rec.task = self._spawn(self._run(rec, coro))
+        rec.task = self._spawn(_run(rec, coro))
         self._mark(rec)
         if self._watched:
             self._emit("created", rec, now)
@@ -465,42 +499,19 @@ class TaskManager:
         ):
             raise TaskIdInUse(task_id)
 
-    async def _run(self, rec: _Live, coro: Coroutine[Any, Any, Any]) -> Any:
-        rec.coro = None  # started: from here on the outcome is recorded below
-        _current.set(rec)
-        try:
-            if rec.max_runtime is None:
-                result = await coro
-            else:
-                result = await self._run_limited(rec, coro)
-        except asyncio.CancelledError:
-            self._finish(
-                rec, _CANCELLED, None, TaskError("CancelledError", rec.cancel_reason or "cancelled")
-            )
-            raise
-        except MaxRuntimeExceeded as exc:
+    def _failed(self, rec: _Live, exc: BaseException) -> bool:
+        """Record how the task ended on `exc`; True if `exc` must go on (cancellation, exits)."""
+        if isinstance(exc, asyncio.CancelledError):
+            reason = rec.cancel_reason or "cancelled"
+            self._finish(rec, _CANCELLED, None, TaskError("CancelledError", reason))
+            return True
+        if isinstance(exc, MaxRuntimeExceeded):
             self._finish(rec, _CANCELLED, None, TaskError.from_exception(exc))
-            return None
-        except Exception as exc:  # noqa: BLE001 - a task's failure is its outcome, not ours
-            self._finish(rec, _FAILED, None, TaskError.from_exception(exc))
-            return None
-        except BaseException as exc:  # SystemExit, KeyboardInterrupt: record, then let it go
-            self._finish(rec, _FAILED, None, TaskError.from_exception(exc))
-            raise
-        self._finish(rec, _COMPLETED, result, None)
-        return result
-
-    @staticmethod
-    async def _run_limited(rec: TaskRecord, coro: Coroutine[Any, Any, Any]) -> Any:
-        assert rec.max_runtime is not None  # checked by the caller; narrows the type
-        scope = asyncio.timeout(rec.max_runtime)
-        try:
-            async with scope:
-                return await coro
-        except TimeoutError:
-            if scope.expired():
-                raise MaxRuntimeExceeded(rec.task_id, rec.max_runtime) from None
-            raise
+            return False
+        # A task's failure is its outcome, not ours; SystemExit and KeyboardInterrupt
+        # are recorded, then let go.
+        self._finish(rec, _FAILED, None, TaskError.from_exception(exc))
+        return not isinstance(exc, Exception)
 
     def _finish(self, rec: _Live, status: TaskStatus, result: Any, error: TaskError | None) -> None:
         if rec.status is not _RUNNING:
@@ -728,6 +739,15 @@ class TaskManager:
         final status and the recorded error) if the task failed, was cancelled
         or was lost, and `TaskNotFound` or `TaskTimeout` like `wait`.
         """
+        if timeout is not None:
+            check_positive("timeout", timeout, allow_zero=True)
+        if self._outcome_now is not None and task_id not in self._local:
+            outcome = self._outcome_now(task_id, user_id)
+            if outcome is not None:  # kept by a memory store: no record to unpack
+                status, result, error = outcome
+                if status is _COMPLETED:
+                    return result
+                raise TaskFailed(task_id, status, error)
         rec = self._peek(task_id, user_id)
         if rec is None or rec.status is _RUNNING or timeout is not None:
             rec = await self._terminal(task_id, timeout, user_id)

@@ -57,8 +57,9 @@ def _discard(index: dict[str, dict[str, None]], key: str | None, task_id: str) -
 # next round's time). Reads unpack a fresh record, which is the caller's copy.
 _Packed = tuple[Any, ...]
 _STATUS_OF = {status.value: status for status in TaskStatus}
+_VALUE_OF = {status: status.value for status in TaskStatus}  # faster than .value
 # Positions in a packed record that the store reads without unpacking.
-_P_STATUS, _P_ITEM, _P_USER, _P_FINISHED_AT = 1, 3, 4, 11
+_P_STATUS, _P_ITEM, _P_USER, _P_FINISHED_AT, _P_RESULT, _P_ERROR_TYPE = 1, 3, 4, 11, 12, 13
 
 
 def _pack(rec: TaskRecord) -> _Packed:
@@ -66,7 +67,7 @@ def _pack(rec: TaskRecord) -> _Packed:
     metadata = rec.metadata
     return (
         rec.task_id,
-        rec.status.value,
+        _VALUE_OF[rec.status],
         rec.name,
         rec.item_id,
         rec.user_id,
@@ -267,6 +268,22 @@ class MemoryStore:
             self._evict(time.time())  # expired: gone for readers, whether or not writes come
             return None
         return _unpack(packed)
+
+    def outcome(self, task_id: str, user_id: str | None) -> tuple[TaskStatus, Any, Any] | None:
+        """A terminal task's status, result and error, without unpacking its record.
+
+        None when the task is not terminal here (running, unknown, expired, or
+        not `user_id`'s): the caller then reads the record.
+        """
+        packed = self._done.get(task_id)
+        if packed is None or (user_id is not None and packed[_P_USER] != user_id):
+            return None
+        finished_at = packed[_P_FINISHED_AT]
+        if finished_at is not None and finished_at + self.retention.result_ttl <= time.time():
+            return None
+        error_type = packed[_P_ERROR_TYPE]
+        error = None if error_type is None else TaskError(error_type, packed[_P_ERROR_TYPE + 1])
+        return _STATUS_OF[packed[_P_STATUS]], packed[_P_RESULT], error
 
     def _read(self, task_id: str) -> TaskRecord | None:
         rec = self.peek(task_id)
