@@ -91,7 +91,10 @@ async def test_finished_records_expire_on_an_idle_manager(
     tm = make_manager(result_ttl=0.2)
     task_id = await tm.create_task(value(1), user_id="alice")
     await tm.wait(task_id, timeout=1)
+    assert await tm.result(task_id) == 1
     await asyncio.sleep(0.3)
+    with pytest.raises(TaskNotFound):  # the first read after the TTL: no outcome either
+        await tm.result(task_id)
     assert await tm.get_record(task_id) is None
     assert (await tm.records(user_id="alice")).records == []
     assert '"not_found"' in await tm.get_result(task_id)

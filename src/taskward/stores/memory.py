@@ -39,9 +39,7 @@ class _Index:
         self.by_status: dict[TaskStatus, dict[str, None]] = {s: {} for s in TaskStatus}
 
 
-def _discard(index: dict[str, dict[str, None]], key: str | None, task_id: str) -> None:
-    if key is None:
-        return
+def _discard(index: dict[str, dict[str, None]], key: str, task_id: str) -> None:
     ids = index.get(key)
     if ids is not None:
         ids.pop(task_id, None)
