@@ -282,6 +282,21 @@ async def test_events_of_one_task_in_order(tm: TaskManager) -> None:
     assert [e.at for e in events] == sorted(e.at for e in events)
 
 
+async def test_a_stream_opened_after_others_closed_gets_every_event(tm: TaskManager) -> None:
+    """With nobody listening the manager builds no events; a new listener gets them again."""
+    async with tm.events() as first:
+        await tm.wait(await tm.create_task(value(1)), timeout=1)
+        assert [e.kind for e in await drain(first, "finished")] == ["created", "finished"]
+    await tm.wait(await tm.create_task(value(2)), timeout=1)  # nobody listens
+    async with tm.events() as second, tm.events(kinds=["finished"]) as third:
+        task_id = await tm.create_task(value(3))
+        assert [e.kind for e in await drain(second, "finished")] == ["created", "finished"]
+        assert [e.task_id for e in await drain(third, "finished")] == [task_id]
+    async with tm.events() as fourth:
+        task_id = await tm.create_task(value(4))
+        assert [e.task_id for e in await drain(fourth, "finished")] == [task_id, task_id]
+
+
 async def test_stop_requested_and_finished_events_of_a_stop(tm: TaskManager) -> None:
     started = asyncio.Event()
     async with tm.events(kinds=["stop_requested", "finished"]) as stream:
