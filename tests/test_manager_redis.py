@@ -10,7 +10,7 @@ import pytest
 import redis.asyncio
 
 from helpers import blocked, forever, value
-from taskward import StopOutcome, TaskManager, TaskStatus
+from taskward import StopOutcome, TaskFailed, TaskManager, TaskNotFound, TaskStatus
 from taskward._redis import CountingConnection
 from taskward.stores.keys import Keys
 
@@ -112,6 +112,27 @@ async def test_a_stalled_instance_cancels_the_tasks_others_marked_lost(
     assert mine is not None and mine.status is TaskStatus.LOST
     stored = await reaper.get_record(task_id)
     assert stored is not None and stored.status is TaskStatus.LOST  # never overwritten
+
+
+async def test_result_from_another_instance_waits_and_raises_like_the_owners(
+    make_manager: Callable[..., TaskManager],
+) -> None:
+    owner, other = make_manager(), make_manager()
+    release = asyncio.Event()
+    task_id = await owner.create_task(blocked(release, {"rows": [1, 2]}), user_id="ana")
+    waiter = asyncio.create_task(other.result(task_id, timeout=5, user_id="ana"))
+    await asyncio.sleep(0.05)
+    assert not waiter.done()
+    release.set()
+    assert await waiter == {"rows": [1, 2]}  # decoded from the store: equal, not the same object
+    assert await owner.result(task_id) == {"rows": [1, 2]}
+    with pytest.raises(TaskNotFound):
+        await other.result(task_id, user_id="bo")
+    stopped = await owner.create_task(forever())
+    assert (await other.stop_task(stopped)).outcome is StopOutcome.CANCELLED
+    with pytest.raises(TaskFailed) as info:
+        await other.result(stopped, timeout=5)
+    assert info.value.status is TaskStatus.CANCELLED
 
 
 async def test_a_stop_on_the_owner_is_visible_everywhere_on_return(
