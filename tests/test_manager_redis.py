@@ -75,6 +75,28 @@ async def test_the_events_of_a_flush_ride_on_its_write(
     assert used <= 2, used  # the save and its PUBLISH go out together (+ a heartbeat at most)
 
 
+async def test_events_of_a_write_that_failed_on_a_bug_still_go_out_on_the_bus(
+    make_manager: Callable[..., TaskManager], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The events would have ridden on the write; when it fails (not an outage),
+    they are published on their own instead of being dropped with it."""
+    owner, watcher = make_manager(), make_manager()
+    await watcher.start()
+    release = asyncio.Event()
+    task_id = await owner.create_task(blocked(release))
+    await asyncio.sleep(0.2)  # the owner has heard of its peer
+    async with watcher.events(task_id=task_id, kinds=["finished"]) as stream:
+
+        async def broken(batch: Any) -> None:
+            raise RuntimeError("a bug in the store")
+
+        owner._store.save = broken  # type: ignore[method-assign]
+        release.set()
+        event = await asyncio.wait_for(anext(aiter(stream)), timeout=5)
+    assert event.status is TaskStatus.COMPLETED
+    assert "could not write" in caplog.text
+
+
 async def test_a_stalled_instance_cancels_the_tasks_others_marked_lost(
     redis_client: redis.asyncio.Redis,
     key_prefix: str,

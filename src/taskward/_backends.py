@@ -6,11 +6,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Callable
 
     from ._pulse import Pulse
-    from ._records import TaskEvent
-    from .bus.base import Bus
+    from .bus.redis import RedisBus
     from .stores.base import Retention, Store
 
 __all__ = ["RedisBackend", "open_redis"]
@@ -20,17 +19,16 @@ __all__ = ["RedisBackend", "open_redis"]
 class RedisBackend:
     """What `TaskManager(redis=...)` runs on.
 
-    `connection` is closed by the manager. `encode_events` is the bus's
-    encoder: the store publishes each flush's events with its write, in the
-    same round trip, since both talk to the same server. `pulse(instance_id,
+    `connection` is closed by the manager. The store publishes each flush's
+    events with its write (encoded by `bus.encode`), in the same round trip,
+    since both talk to the same server. `pulse(instance_id,
     ttl, interval)` is a liveness `Pulse` for the instance (not started), or
     None where no synchronous twin of the connection can be made.
     """
 
     store: Store
-    bus: Bus
+    bus: RedisBus
     connection: Any
-    encode_events: Callable[[Sequence[TaskEvent]], str | None]
     pulse: Callable[[str, float, float], Pulse | None]
 
 
@@ -54,7 +52,7 @@ def open_redis(
     bus = RedisBus(connection, keys=keys, secret=secret)
 
     def pulse(instance_id: str, ttl: float, interval: float) -> Pulse | None:
-        connect = sync_client_factory(redis, timeout=interval)
+        connect = sync_client_factory(connection.target or redis, timeout=interval)
         if connect is None:
             return None
         key, ttl_ms = keys.alive(instance_id), max(1, int(ttl * 1000))
@@ -62,4 +60,4 @@ def open_redis(
         # lapse (a lost server, a reaping) is still seen by the loop heartbeat.
         return Pulse(connect, lambda client: client.set(key, "1", px=ttl_ms, xx=True), interval)
 
-    return RedisBackend(store, bus, connection, bus.encode, pulse)
+    return RedisBackend(store, bus, connection, pulse)

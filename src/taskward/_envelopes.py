@@ -7,10 +7,9 @@ not the caller's (the two look exactly alike).
 
 from __future__ import annotations
 
-import json
 from typing import TYPE_CHECKING, Any
 
-from ._records import TaskRecord, TaskStatus
+from ._records import TaskRecord, TaskStatus, dump_json
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -29,7 +28,7 @@ NOT_FOUND = "not_found"
 
 def dumps(obj: Any) -> str:
     """Compact JSON; values JSON cannot express are written as their `str()`."""
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, default=str)
+    return dump_json(obj)
 
 
 def result_text(result: Any) -> str:

@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from ._redis import RedisTarget
+
 __all__ = ["Pulse", "sync_client_factory"]
 
 logger = logging.getLogger(__name__)
@@ -38,14 +40,12 @@ class Pulse:
         connect: Callable[[], tuple[Any, Callable[[], None]]],
         beat: Callable[[Any], object],
         interval: float,
-        *,
-        name: str = "taskward-pulse",
     ) -> None:
         self._connect = connect
         self._beat = beat
         self._interval = interval
         self._stopping = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread = threading.Thread(target=self._run, name="taskward-pulse", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
@@ -55,10 +55,6 @@ class Pulse:
         self._stopping.set()
         if self._thread.is_alive():
             self._thread.join(timeout)
-
-    @property
-    def running(self) -> bool:
-        return self._thread.is_alive()
 
     def _run(self) -> None:
         client, close = self._connect()
@@ -73,12 +69,12 @@ class Pulse:
 
 
 def sync_client_factory(
-    redis: Any, timeout: float
+    redis: RedisTarget | Any, timeout: float
 ) -> Callable[[], tuple[Any, Callable[[], None]]] | None:
     """A maker of synchronous clients for the deployment `redis` names, or None.
 
-    `redis` is what `TaskManager(redis=...)` was given: a URL of any supported
-    kind, or an asyncio client. For a client, only a plain TCP standalone one
+    `redis` is the parsed URL `TaskManager(redis=...)` was given (any supported
+    kind), or the asyncio client it was given. For a client, only a plain TCP standalone one
     can be mirrored (its host, port, database and credentials); for others
     (Cluster, Sentinel or Unix-socket clients) there is no pulse and the loop
     heartbeat alone keeps the instance alive.
@@ -86,11 +82,11 @@ def sync_client_factory(
     import redis as sync_redis
     import redis.asyncio as aioredis
 
-    from ._redis import parse_url
+    from ._redis import RedisTarget
 
     opts: dict[str, Any] = {"socket_timeout": timeout, "socket_connect_timeout": timeout}
-    if isinstance(redis, str):
-        target = parse_url(redis)
+    if isinstance(redis, RedisTarget):
+        target = redis
         if target.kind == "standalone":
             url = target.url
             return lambda: _closing(sync_redis.Redis.from_url(url, **opts))

@@ -39,6 +39,12 @@ class TaskStatus(enum.StrEnum):
 TERMINAL: frozenset[TaskStatus] = frozenset(
     {TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED, TaskStatus.LOST}
 )
+#: Statuses by their value, for decoders (a dict lookup, unlike `TaskStatus(value)`).
+STATUS_BY_VALUE: dict[str, TaskStatus] = {status.value: status for status in TaskStatus}
+
+#: Compact JSON (no spaces, non-ASCII kept, anything else as its str()), one encoder
+#: for every writer: stored records, bus messages, envelopes.
+dump_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=str).encode
 
 
 @dataclass(slots=True, frozen=True)

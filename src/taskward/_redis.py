@@ -45,9 +45,12 @@ except ImportError as exc:  # pragma: no cover - depends on the installed extras
         "taskward's Redis support needs the redis package: install taskward[redis]"
     ) from exc
 
+from .errors import StoreUnavailable
+
 __all__ = [
     "DEFAULT_RETRY_BUDGET",
     "RETRYABLE_ERRORS",
+    "UNAVAILABLE_ERRORS",
     "Client",
     "CountingConnection",
     "ExponentialWithJitterBackoff",
@@ -61,6 +64,7 @@ __all__ = [
     "raise_if_cancelling",
     "rx",
     "server_command_count",
+    "unavailable",
 ]
 
 logger = logging.getLogger(__name__)
@@ -80,6 +84,11 @@ RETRYABLE_ERRORS: tuple[type[rx.RedisError], ...] = (
     rx.ClusterDownError,
     rx.TryAgainError,
 )
+#: Errors meaning Redis could not be reached, once retries are spent: callers
+#: answer them with `StoreUnavailable` (see `unavailable`).
+UNAVAILABLE_ERRORS: tuple[type[Exception], ...] = (*RETRYABLE_ERRORS, OSError)
+# Stateless (redis-py's jittered backoff keeps nothing between calls): built once.
+_RETRY = Retry(ExponentialWithJitterBackoff(cap=RETRY_CAP, base=RETRY_BASE), -1, RETRYABLE_ERRORS)
 # The client we build retries a little itself (quick reconnects); the long wait
 # through a failover is `call_with_retry`'s, bounded by its budget.
 _CLIENT_RETRIES = 2
@@ -344,16 +353,17 @@ async def call_with_retry(
         errors[:] = [error]
 
     async def attempt() -> T:
-        async with _cluster_reachability():
+        try:
             return await operation()
+        except rx.RedisClusterException as exc:  # inline: this runs for every store call
+            if _is_outage(exc):
+                raise rx.ConnectionError(str(exc)) from exc
+            raise
 
-    retry = Retry(
-        ExponentialWithJitterBackoff(cap=RETRY_CAP, base=RETRY_BASE), -1, RETRYABLE_ERRORS
-    )
     scope = asyncio.timeout(budget)
     try:
         async with scope:
-            result = await retry.call_with_retry(attempt, on_failure)
+            result = await _RETRY.call_with_retry(attempt, on_failure)
             raise_if_cancelling()
             return result
     except TimeoutError:
@@ -366,17 +376,26 @@ async def call_with_retry(
 
 @contextlib.asynccontextmanager
 async def _cluster_reachability() -> AsyncIterator[None]:
-    """Turn "Redis Cluster cannot be connected" (no node answers) into a ConnectionError.
-
-    redis-py raises it as a bare `RedisClusterException` when it cannot load
-    the slot map; for taskward that is an outage like any other.
-    """
     try:
         yield
     except rx.RedisClusterException as exc:
-        if isinstance(exc.__cause__, (*RETRYABLE_ERRORS, OSError)):
+        if _is_outage(exc):
             raise rx.ConnectionError(str(exc)) from exc
         raise
+
+
+def _is_outage(exc: rx.RedisClusterException) -> bool:
+    """Whether it is "Redis Cluster cannot be connected" (no node answers).
+
+    redis-py raises that as a bare `RedisClusterException` when it cannot load
+    the slot map; for taskward it is an outage like any other (a ConnectionError).
+    """
+    return isinstance(exc.__cause__, UNAVAILABLE_ERRORS)
+
+
+def unavailable(exc: BaseException) -> StoreUnavailable:
+    """The error callers get when Redis could not be reached."""
+    return StoreUnavailable(f"redis unreachable: {exc}")
 
 
 def raise_if_cancelling(exc: BaseException | None = None) -> None:

@@ -138,14 +138,14 @@ class Flusher:
                 await manager._store.save(WriteBatch(records, outputs, time.time(), notice))
         except StoreUnavailable as exc:
             self._requeue(records, outputs, events)
-            manager._set_disconnected(exc)
-            self.pause()
+            manager._set_disconnected(exc)  # pauses this flusher too
             wake_all(waiters)
             return
         except Exception:
             # A bug, not an outage: retrying would fail forever. The records stay
             # readable here (their handles are kept); say loudly what was not written.
             logger.exception("could not write %d task records; they stay local only", len(records))
+            notice = None  # the events did not ride on the write: publish them below
         else:
             manager._forget(records)
         finally:

@@ -243,7 +243,7 @@ class TaskManager:
 
             backend = open_redis(redis, prefix=prefix, retention=retention, secret=secret)
             store, bus = backend.store, backend.bus
-            self._encode_events = backend.encode_events
+            self._encode_events = backend.bus.encode
             self._make_pulse = backend.pulse
             self._owned.append(backend.connection)
         self._store: Store = store if store is not None else MemoryStore(retention)

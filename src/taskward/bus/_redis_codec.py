@@ -20,7 +20,7 @@ import json
 import math
 from typing import TYPE_CHECKING, Any
 
-from .._records import TaskEvent, TaskRecord, TaskStatus
+from .._records import STATUS_BY_VALUE, TaskEvent, TaskRecord, dump_json
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -37,8 +37,6 @@ __all__ = [
 
 MAX_COMMAND_AGE = 60.0
 _SIGNED = "v1 "
-_STATUSES = {s.value: s for s in TaskStatus}
-_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=str).encode
 
 
 class BadMessage(ValueError):
@@ -64,7 +62,7 @@ def encode_events(sender: str, events: Sequence[TaskEvent]) -> str:
         ]
         for e in events
     ]
-    return f"{sender}\n{_dumps(body)}"
+    return f"{sender}\n{dump_json(body)}"
 
 
 def split_sender(payload: str) -> tuple[str, str]:
@@ -97,7 +95,7 @@ def _decode_event(item: Any) -> TaskEvent:
         raise BadMessage("bad event field types")
     if not _opt_str(data) or not (seq is None or isinstance(seq, int)):
         raise BadMessage("bad event field types")
-    st = _STATUSES.get(status) if isinstance(status, str) else None
+    st = STATUS_BY_VALUE.get(status) if isinstance(status, str) else None
     if st is None:
         raise BadMessage(f"unknown status {status!r}")
     rec = None
@@ -118,7 +116,7 @@ def _mac(secret: bytes, channel: str, stamp: str, body: str) -> str:
 
 
 def encode_command(command: dict[str, Any], channel: str, secret: bytes | None, now: float) -> str:
-    body = _dumps(command)
+    body = dump_json(command)
     if secret is None:
         return body
     stamp = f"{now:.3f}"

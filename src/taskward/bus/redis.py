@@ -28,15 +28,15 @@ from typing import TYPE_CHECKING, Any
 
 from .._ids import check_id
 from .._redis import (
-    RETRYABLE_ERRORS,
+    UNAVAILABLE_ERRORS,
     ExponentialWithJitterBackoff,
     PubSub,
     RedisCluster,
     RedisConnection,
     raise_if_cancelling,
     rx,
+    unavailable,
 )
-from ..errors import StoreUnavailable
 from ..stores.keys import Keys
 from ._redis_codec import (
     BadMessage,
@@ -67,8 +67,7 @@ RECONNECT_CAP = 5.0
 PEER_REFRESH = 5.0
 _PREVIEW = 80
 
-_UNAVAILABLE: tuple[type[Exception], ...] = (*RETRYABLE_ERRORS, OSError, TimeoutError)
-_PEER_COUNT_ERRORS: tuple[type[Exception], ...] = (*_UNAVAILABLE, rx.RedisError)
+_PEER_COUNT_ERRORS: tuple[type[Exception], ...] = (rx.RedisError, OSError)
 
 
 class _State(enum.Enum):
@@ -136,8 +135,8 @@ class RedisBus:
             await self._connection.client.publish(self._keys.events, encode_events(instance_id, ()))
         except BaseException as exc:
             await self._discard_pubsub()
-            if isinstance(exc, _UNAVAILABLE):
-                raise StoreUnavailable(f"redis unreachable: {exc}") from exc
+            if isinstance(exc, UNAVAILABLE_ERRORS):
+                raise unavailable(exc) from exc
             raise
         self._state = _State.RUNNING
         self._reader = asyncio.create_task(self._read_loop(), name=f"taskward-bus-{instance_id}")
@@ -174,13 +173,13 @@ class RedisBus:
         return encode_events(self._instance_id, events)
 
     async def publish(self, events: Sequence[TaskEvent]) -> None:
-        if not events or self._state is not _State.RUNNING:
+        payload = self.encode(events)
+        if payload is None:
             return
-        payload = encode_events(self._instance_id, events)
         try:
             await self._connection.client.publish(self._keys.events, payload)
-        except _UNAVAILABLE as exc:
-            raise StoreUnavailable(f"redis unreachable: {exc}") from exc
+        except UNAVAILABLE_ERRORS as exc:
+            raise unavailable(exc) from exc
 
     async def send_command(self, instance_id: str, command: dict[str, Any]) -> None:
         """Publish `command` to the instance's channel.
@@ -193,7 +192,7 @@ class RedisBus:
         payload = encode_command(command, channel, self._secret, time.time())
         try:
             await self._connection.client.publish(channel, payload)
-        except _UNAVAILABLE as exc:
+        except UNAVAILABLE_ERRORS as exc:
             logger.warning(
                 "could not send %r to instance %s: %s", command.get("op"), instance_id, exc
             )
@@ -256,7 +255,7 @@ class RedisBus:
                 raise
             except Exception as exc:
                 raise_if_cancelling(exc)
-                if not isinstance(exc, _UNAVAILABLE):
+                if not isinstance(exc, UNAVAILABLE_ERRORS):
                     logger.exception("bus reader of %s failed; reconnecting", self._instance_id)
                 elif failures == 0:
                     logger.warning(

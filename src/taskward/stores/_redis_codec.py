@@ -32,7 +32,7 @@ import binascii
 import json
 from typing import TYPE_CHECKING, Any
 
-from .._records import OutputChunk, TaskError, TaskRecord, TaskStatus
+from .._records import STATUS_BY_VALUE, OutputChunk, TaskError, TaskRecord, TaskStatus, dump_json
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -50,8 +50,6 @@ __all__ = [
 ]
 
 _RUNNING = TaskStatus.RUNNING
-_STATUSES = {s.value: s for s in TaskStatus}
-_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=str).encode
 
 
 def text(value: bytes | str) -> str:
@@ -100,20 +98,20 @@ def encode_record(rec: TaskRecord) -> list[Any]:
     else:
         absent.append("pm")
     if rec.result is not None:
-        pairs += ("r", _dumps(rec.result))
+        pairs += ("r", dump_json(rec.result))
     else:
         absent.append("r")
     error = rec.error
     if error is not None:
-        pairs += ("e", _dumps([error.type, error.message]))
+        pairs += ("e", dump_json([error.type, error.message]))
     else:
         absent.append("e")
     if rec.metadata:
-        pairs += ("m", _dumps(rec.metadata))
+        pairs += ("m", dump_json(rec.metadata))
     else:
         absent.append("m")
     if rec.redirect is not None:
-        pairs += ("rd", _dumps(rec.redirect))
+        pairs += ("rd", dump_json(rec.redirect))
     else:
         absent.append("rd")
     if rec.status is _RUNNING:
@@ -136,7 +134,7 @@ def encode_record(rec: TaskRecord) -> list[Any]:
 
 def encode_batch(records: Sequence[Any], outputs: Sequence[Any]) -> str:
     """The save script's batch argument: ``[[record, ...], [[task_id, [seq, member, ...]], ...]]``."""
-    return _dumps([records, outputs])
+    return dump_json([records, outputs])
 
 
 def _float(value: str | None) -> float | None:
@@ -159,7 +157,7 @@ def decode_flat(task_id: str, raw: Sequence[Any]) -> TaskRecord | None:
 
 
 def _decode(task_id: str, h: dict[str, str]) -> TaskRecord | None:
-    status = _STATUSES.get(h.get("s", ""))
+    status = STATUS_BY_VALUE.get(h.get("s", ""))
     if status is None:
         return None
     error = h.get("e")

@@ -17,7 +17,7 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-from .._records import EMPTY, OutputChunk, TaskError, TaskRecord, TaskStatus
+from .._records import EMPTY, STATUS_BY_VALUE, OutputChunk, TaskError, TaskRecord, TaskStatus
 from .base import Page, Retention, WriteBatch
 
 if TYPE_CHECKING:
@@ -54,7 +54,6 @@ def _discard(index: dict[str, dict[str, None]], key: str, task_id: str) -> None:
 # (bench/lifecycle.py: the retained results of a 100k round were a fifth of the
 # next round's time). Reads unpack a fresh record, which is the caller's copy.
 _Packed = tuple[Any, ...]
-_STATUS_OF = {status.value: status for status in TaskStatus}
 _VALUE_OF = {status: status.value for status in TaskStatus}  # faster than .value
 # Positions in a packed record that the store reads without unpacking.
 _P_STATUS, _P_ITEM, _P_USER, _P_FINISHED_AT, _P_RESULT, _P_ERROR_TYPE = 1, 3, 4, 11, 12, 13
@@ -114,7 +113,7 @@ def _unpack(packed: _Packed) -> TaskRecord:
     ) = packed
     return TaskRecord(
         task_id,
-        _STATUS_OF[status],
+        STATUS_BY_VALUE[status],
         name,
         item_id,
         user_id,
@@ -239,7 +238,7 @@ class MemoryStore:
             excess -= 1
             del done[task_id]
             del order[task_id]
-            by_status[_STATUS_OF[packed[_P_STATUS]]].pop(task_id, None)
+            by_status[STATUS_BY_VALUE[packed[_P_STATUS]]].pop(task_id, None)
             if packed[_P_USER] is not None:
                 _discard(index.by_user, packed[_P_USER], task_id)
             if packed[_P_ITEM] is not None:
@@ -281,7 +280,7 @@ class MemoryStore:
             return None
         error_type = packed[_P_ERROR_TYPE]
         error = None if error_type is None else TaskError(error_type, packed[_P_ERROR_TYPE + 1])
-        return _STATUS_OF[packed[_P_STATUS]], packed[_P_RESULT], error
+        return STATUS_BY_VALUE[packed[_P_STATUS]], packed[_P_RESULT], error
 
     def _read(self, task_id: str) -> TaskRecord | None:
         rec = self.peek(task_id)

@@ -32,8 +32,14 @@ import time
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from .._records import OutputChunk, TaskRecord, TaskStatus
-from .._redis import DEFAULT_RETRY_BUDGET, RETRYABLE_ERRORS, Client, call_with_retry, rx
-from ..errors import StoreUnavailable
+from .._redis import (
+    DEFAULT_RETRY_BUDGET,
+    UNAVAILABLE_ERRORS,
+    Client,
+    call_with_retry,
+    rx,
+    unavailable,
+)
 from . import _redis_scripts as lua
 from ._redis_codec import (
     decode_chunk,
@@ -70,7 +76,6 @@ QUERY_BUDGET = 2000
 #: How long the reaper's lock lives if its holder dies mid-way (ms).
 REAP_LOCK_MS = 30_000
 
-_UNAVAILABLE: tuple[type[Exception], ...] = (*RETRYABLE_ERRORS, OSError)
 _RUNNING = TaskStatus.RUNNING
 
 
@@ -126,8 +131,8 @@ class RedisStore:
     async def _call(self, operation: Callable[[], Awaitable[T]]) -> T:
         try:
             return await call_with_retry(operation, budget=self.retry_budget)
-        except _UNAVAILABLE as exc:
-            raise StoreUnavailable(f"redis unreachable: {exc}") from exc
+        except UNAVAILABLE_ERRORS as exc:
+            raise unavailable(exc) from exc
 
     async def _load_scripts(self) -> None:
         for script in _SCRIPTS:
@@ -142,15 +147,7 @@ class RedisStore:
 
     async def _eval_command(self, command: list[Any]) -> Any:
         """Run one EVALSHA command; load the scripts and resend it on NOSCRIPT."""
-
-        async def operation() -> Any:
-            try:
-                return await self.client.execute_command(*command)
-            except rx.NoScriptError:
-                await self._load_scripts()
-                return await self.client.execute_command(*command)
-
-        return await self._call(operation)
+        return await self._send(lambda: self.client.execute_command(*command))
 
     async def _pipeline(self, commands: list[list[Any]]) -> list[Any]:
         """Send `commands` in one round trip (no MULTI); reload scripts and resend on NOSCRIPT."""
@@ -161,7 +158,13 @@ class RedisStore:
                 pipe.execute_command(*command)
             return await pipe.execute()
 
-        async def operation() -> list[Any]:
+        return await self._send(send)
+
+    async def _send(self, send: Callable[[], Awaitable[T]]) -> T:
+        """`send()` with retries; after a NOSCRIPT (a restarted or failed-over server),
+        load the scripts and send again."""
+
+        async def operation() -> T:
             try:
                 return await send()
             except rx.NoScriptError:
