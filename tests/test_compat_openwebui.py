@@ -142,6 +142,16 @@ async def test_create_task_refuses_a_non_coroutine() -> None:
         await ow.create_task(None, "not a coroutine")  # type: ignore[arg-type]
 
 
+async def test_create_task_refuses_a_plain_generator() -> None:
+    """asyncio.iscoroutine accepts generators on Python 3.11; awaiting one fails later."""
+
+    def numbers() -> Any:
+        yield 1
+
+    with pytest.raises(TypeError, match="a coroutine was expected"):
+        await ow.create_task(None, numbers())
+
+
 @pytest.mark.parametrize(
     ("item_id", "task_id"),
     [("has space", None), ("chat-1", "has space"), ("chat-1", "x" * 300)],

@@ -405,3 +405,18 @@ async def test_a_remote_stop_swallowed_once_is_retried_by_the_owner(
     await b.start()
     rec = await stop_swallowed_once(a, b)
     assert rec.status is TaskStatus.CANCELLED
+
+
+async def test_a_housekeeping_tick_cancels_a_stubborn_task_once(tm: TaskManager) -> None:
+    """A stop request known both locally and in the store is one cancellation per
+    tick, not two: pending cancellations add up inside the task (`cancelling()`)."""
+    started, release = asyncio.Event(), asyncio.Event()
+    task_id = await tm.create_task(swallow(started, release))
+    await started.wait()
+    await tm._store.request_stop(task_id, time.time())
+    handle = tm._local[task_id]
+    assert handle.stop_requested_at is not None and handle.task is not None
+    await tm._keeper.reconcile_stops()
+    assert handle.task.cancelling() == 1
+    release.set()
+

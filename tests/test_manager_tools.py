@@ -40,6 +40,14 @@ async def test_execute_returns_a_str_result_inline(tm: TaskManager) -> None:
     assert await tm.execute(value('{"already": "json"}'), timeout=1) == '{"already": "json"}'
 
 
+async def test_execute_of_a_quick_tool_on_a_shared_store(peers: Peers) -> None:
+    """The tool may finish, and be written and forgotten locally, while creation
+    waits for the shared store: its result is read back, not lost."""
+    tm = peers()
+    assert await tm.execute(value("fast"), "quick", timeout=1) == "fast"
+    assert await tm.execute(value({"n": 1}), "quick", timeout=0) == '{"n":1}'
+
+
 @pytest.mark.parametrize(
     ("result", "expected"),
     [

@@ -137,16 +137,7 @@ class Housekeeper:
         if not lost:
             return
         events = [
-            TaskEvent(
-                "finished",
-                rec.task_id,
-                rec.status,
-                rec.finished_at or time.time(),
-                rec.user_id,
-                rec.item_id,
-                rec,
-            )
-            for rec in lost
+            TaskEvent.of("finished", rec, rec.finished_at or time.time(), rec) for rec in lost
         ]
         manager.on_events(events)
         if manager._has_peers():
@@ -168,5 +159,10 @@ class Housekeeper:
                 rec.cancel(STOP_REASON)  # asked before and still running: ask again
         for task_id in await manager._store.pending_stops(manager.instance_id):
             handle = manager._local.get(task_id)
-            if handle is not None and handle.status is _RUNNING:
+            # One cancellation per tick: those known already were asked again above.
+            if (
+                handle is not None
+                and handle.status is _RUNNING
+                and handle.stop_requested_at is None
+            ):
                 stop_local(manager, handle)

@@ -41,11 +41,11 @@ async def await_result(
     manager: TaskManager, task_id: str, timeout: float, user_id: str | None
 ) -> str:
     check_positive("timeout", timeout, allow_zero=True)
-    rec = await lookup(manager, task_id, user_id)
-    if rec is None:
+    if not _usable(task_id, user_id):
         return env.not_found_envelope(task_id)
+    await manager._ensure_started()
     try:
-        final = await manager.wait(task_id, timeout, rec.user_id if user_id else None)
+        final = await manager.wait(task_id, timeout, user_id or None)
     except TaskNotFound:
         return env.not_found_envelope(task_id)
     except TaskTimeout:
@@ -70,14 +70,24 @@ async def list_tasks(
 
 async def lookup(manager: TaskManager, task_id: object, user_id: str | None) -> TaskRecord | None:
     """The record a model asked for, or None; an empty `user_id` means no user."""
+    if not _usable(task_id, user_id):
+        return None
+    assert isinstance(task_id, str)  # narrowed by check_id
+    await manager._ensure_started()
+    return await manager._lookup(task_id, user_id or None)
+
+
+def _usable(task_id: object, user_id: str | None) -> bool:
+    """Whether a model's task id can name a task: its garbage is simply not found.
+
+    `user_id` (empty: no user) comes from the application and must be valid.
+    """
     check_optional_id(user_id or None, "user_id")
     try:
         check_id(task_id, "task_id")
     except (TypeError, ValueError):
-        return None  # a model's garbage id is simply not found
-    assert isinstance(task_id, str)  # narrowed by check_id
-    await manager._ensure_started()
-    return await manager._lookup(task_id, user_id or None)
+        return False
+    return True
 
 
 async def execute(
@@ -117,14 +127,14 @@ async def execute(
         channel_id=channel_id,
         platform=platform,
     )
-    handle = manager._local[task_id]
-    rec = handle
-    if rec.status is _RUNNING and wait_for > 0:
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        if handle.waiters is None:
-            handle.waiters = []
-        handle.waiters.append(fut)
-        await asyncio.wait((fut,), timeout=wait_for)
+    handle = manager._local.get(task_id)
+    if handle is not None and handle.status is _RUNNING and wait_for > 0:
+        await asyncio.wait((handle.add_waiter(),), timeout=wait_for)
+    # Not local any more: it finished and was written while create_task synced
+    # with a shared store.
+    rec = handle if handle is not None else await manager._lookup(task_id, None)
+    if rec is None:
+        return env.not_found_envelope(task_id)
     if rec.status is _RUNNING:
         return env.background_envelope(rec, wait_for)
     if rec.status is _COMPLETED:

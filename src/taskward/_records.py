@@ -184,6 +184,19 @@ class TaskEvent:
     data: str | None = None
     seq: int | None = None
 
+    @classmethod
+    def of(
+        cls,
+        kind: str,
+        rec: TaskRecord,
+        at: float,
+        record: TaskRecord | None = None,
+        data: str | None = None,
+        seq: int | None = None,
+    ) -> TaskEvent:
+        """An event about `rec`, carrying `record` (a snapshot, or None)."""
+        return cls(kind, rec.task_id, rec.status, at, rec.user_id, rec.item_id, record, data, seq)
+
 
 class StopOutcome(enum.StrEnum):
     """What a stop request achieved."""

@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING
 
 from ._records import StopOutcome, StopResult, TaskStatus
 from ._sync import SYNC_TIMEOUT, unwait
-from .errors import TaskNotFound
 
 if TYPE_CHECKING:
     from ._records import TaskEvent, TaskRecord
@@ -56,19 +55,19 @@ async def stop_task(manager: TaskManager, task_id: str, user_id: str | None) -> 
     """`TaskManager.stop_task` once its arguments are checked and the manager started."""
     handle = manager._local.get(task_id)
     if handle is not None:
-        rec = handle
-        if user_id is not None and rec.user_id != user_id:
+        if user_id is not None and handle.user_id != user_id:
             return StopResult(task_id, StopOutcome.NOT_FOUND)
-        if rec.status is not _RUNNING:
-            return StopResult(task_id, StopOutcome.ALREADY_FINISHED, rec.status)
+        if handle.status is not _RUNNING:
+            return StopResult(task_id, StopOutcome.ALREADY_FINISHED, handle.status)
         stop_local(manager, handle)
         if manager._get_now is None and manager._connected:
             # Leave the same durable trace as a stop from elsewhere, in the
             # background: a stop here must work while the store is away.
-            manager._background(
-                manager._store.request_stop(task_id, rec.stop_requested_at or _time())
-            )
-        outcome = stop_outcome(task_id, await _wait_briefly(manager, task_id))
+            assert handle.stop_requested_at is not None  # set by stop_local
+            manager._background(manager._store.request_stop(task_id, handle.stop_requested_at))
+        if handle.status is _RUNNING:
+            await asyncio.wait((handle.add_waiter(),), timeout=manager.stop_timeout)
+        outcome = stop_outcome_of(task_id, handle.status)
         await manager._flusher.sync(SYNC_TIMEOUT)  # what we answer is what others read
         return outcome
     # Listen for the finish before asking, so the confirmation cannot slip by.
@@ -101,22 +100,11 @@ async def _confirm_remote_stop(
     return stop_outcome(task_id, await manager._store.get(task_id))
 
 
-async def _wait_briefly(manager: TaskManager, task_id: str) -> TaskRecord | None:
-    try:
-        async with asyncio.timeout(manager.stop_timeout):
-            return await manager._wait_terminal(task_id, poll=min(0.5, manager.stop_timeout))
-    except TimeoutError:
-        handle = manager._local.get(task_id)
-        return handle.copy() if handle is not None else await manager._store.get(task_id)
-    except TaskNotFound:
-        return None
-
-
 def stop_local(manager: TaskManager, rec: _Live) -> None:
     """Stop a task of this instance: note the request (once), then cancel it."""
     if rec.stop_requested_at is None:
         rec.stop_requested_at = now = _time()
-        if manager._watched:
+        if manager._streams or not manager._alone:
             manager._emit("stop_requested", rec, now)
     rec.cancel(STOP_REASON)
 

@@ -32,7 +32,7 @@ from ._housekeeping import Housekeeper
 from ._ids import check_id, check_optional_id, default_instance_id, new_task_id
 from ._records import EMPTY, OutputChunk, TaskError, TaskEvent, TaskRecord, TaskStatus
 from ._stopping import fence_new_task, stop_local
-from ._sync import SYNC_TIMEOUT, Flusher, cancel_and_wait, unwait
+from ._sync import SYNC_TIMEOUT, Flusher, cancel_and_wait, unwait, wake_all
 from .bus.memory import MemoryBus
 from .errors import (
     ManagerClosed,
@@ -65,6 +65,9 @@ _CANCELLED = TaskStatus.CANCELLED
 _time = time.time
 
 RECENT_LIMIT = 10_000
+# A wait for another instance's task re-reads the store this often (s), in case
+# its `finished` event was lost.
+WAIT_POLL = 2.0
 CLOSE_REASON = "manager closed"
 
 
@@ -166,6 +169,15 @@ class _Live(TaskRecord):
         self.coro = coro
         self.task = self.waiters = self.cancel_reason = None
         self.seq = 0
+
+    def add_waiter(self) -> asyncio.Future[None]:
+        """A future that is set when this task finishes."""
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if self.waiters is None:
+            self.waiters = [fut]
+        else:
+            self.waiters.append(fut)
+        return fut
 
     def cancel(self, reason: str) -> None:
         """Cancel the task; one that never got to run is finished right here."""
@@ -277,8 +289,6 @@ class TaskManager:
         # Nobody but this manager can ever hear of its tasks (the default: its own
         # store and bus in memory): the hot path skips events and store syncs.
         self._alone = store is None and bus is None and redis is None
-        # Whether a task's events may have a listener (a local stream or a peer).
-        self._watched = not self._alone
         self._spawn: Callable[[Coroutine[Any, Any, Any]], asyncio.Task[Any]] = (
             asyncio.create_task  # replaced by the running loop's own in start()
         )
@@ -370,7 +380,6 @@ class TaskManager:
             for stream in self._streams:
                 stream.close_from_manager()
             self._streams.clear()
-            self._watched = not self._alone
             await self._store.aclose()
             for resource in self._owned:
                 await resource.aclose()
@@ -481,7 +490,7 @@ class TaskManager:
         self._local[task_id] = rec
         rec.task = self._spawn(_run(rec, coro))
         self._mark(rec)
-        if self._watched:
+        if self._streams or not self._alone:  # a listener is possible
             self._emit("created", rec, now)
         if self._fences and item_id is not None and item_id in self._fences:
             fence_new_task(self._fences, rec)
@@ -494,9 +503,7 @@ class TaskManager:
 
     async def _check_new_id(self, task_id: str) -> None:
         check_id(task_id, "task_id")
-        if self._peek(task_id, None) is not None or (
-            self._get_now is None and await self._store.get(task_id) is not None
-        ):
+        if await self._lookup(task_id, None) is not None:
             raise TaskIdInUse(task_id)
 
     def _failed(self, rec: _Live, exc: BaseException) -> bool:
@@ -522,13 +529,10 @@ class TaskManager:
         rec.finished_at = rec.updated_at = now = _time()
         self._mark(rec)
         rec.task = None
-        waiters = rec.waiters
-        if waiters is not None:
+        if rec.waiters is not None:
+            wake_all(rec.waiters)
             rec.waiters = None
-            for fut in waiters:
-                if not fut.done():
-                    fut.set_result(None)
-        if self._watched:
+        if self._streams or not self._alone:  # a listener is possible
             self._emit("finished", rec, now)
 
     def _forget(self, records: Iterable[TaskRecord]) -> None:
@@ -563,14 +567,14 @@ class TaskManager:
             rec.progress_message = message
         rec.updated_at = now = _time()
         self._flusher.mark(rec)
-        if self._watched:
+        if self._streams or not self._alone:  # a listener is possible
             self._emit("progress", rec, now)
 
     def _on_output(self, rec: _Live, text: str) -> None:
         rec.seq += 1
         now = _time()
         self._flusher.add_output(rec.task_id, OutputChunk(rec.seq, text, now))
-        if self._watched:
+        if self._streams or not self._alone:  # a listener is possible
             self._emit("output", rec, now, text, rec.seq)
 
     # -- events ------------------------------------------------------------------
@@ -602,13 +606,11 @@ class TaskManager:
             on_close=self._drop_stream,
         )
         self._streams.append(stream)
-        self._watched = True
         return stream
 
     def _drop_stream(self, stream: EventStream) -> None:
         if stream in self._streams:
             self._streams.remove(stream)
-        self._watched = bool(self._streams) or not self._alone
 
     def _emit(
         self, kind: str, rec: TaskRecord, at: float, data: str | None = None, seq: int | None = None
@@ -621,33 +623,13 @@ class TaskManager:
         """
         with_record = data is None
         if self._streams:
-            event = TaskEvent(
-                kind,
-                rec.task_id,
-                rec.status,
-                at,
-                rec.user_id,
-                rec.item_id,
-                rec.copy() if with_record else None,
-                data,
-                seq,
-            )
+            event = TaskEvent.of(kind, rec, at, rec.copy() if with_record else None, data, seq)
             for stream in self._streams:
                 if stream.matches(event):
                     stream.push(event)
         if self._has_peers():
             self._flusher.add_event(
-                TaskEvent(
-                    kind,
-                    rec.task_id,
-                    rec.status,
-                    at,
-                    rec.user_id,
-                    rec.item_id,
-                    rec if with_record else None,
-                    data,
-                    seq,
-                )
+                TaskEvent.of(kind, rec, at, rec if with_record else None, data, seq)
             )
 
     # Bus callbacks ---------------------------------------------------------------
@@ -725,10 +707,7 @@ class TaskManager:
         Waiting is woken by the task's own finish (here) or by its event (from
         another instance), with a slow re-read of the store as a safety net.
         """
-        rec = self._peek(task_id, user_id)
-        if rec is None or rec.status is _RUNNING or timeout is not None:
-            rec = await self._terminal(task_id, timeout, user_id)
-        return _own(rec)
+        return _own(await self._terminal(task_id, timeout, user_id))
 
     async def result(
         self, task_id: str, timeout: float | None = None, user_id: str | None = None
@@ -739,18 +718,14 @@ class TaskManager:
         final status and the recorded error) if the task failed, was cancelled
         or was lost, and `TaskNotFound` or `TaskTimeout` like `wait`.
         """
-        if timeout is not None:
-            check_positive("timeout", timeout, allow_zero=True)
-        if self._outcome_now is not None and task_id not in self._local:
+        if timeout is None and self._outcome_now is not None and task_id not in self._local:
             outcome = self._outcome_now(task_id, user_id)
             if outcome is not None:  # kept by a memory store: no record to unpack
                 status, result, error = outcome
                 if status is _COMPLETED:
                     return result
                 raise TaskFailed(task_id, status, error)
-        rec = self._peek(task_id, user_id)
-        if rec is None or rec.status is _RUNNING or timeout is not None:
-            rec = await self._terminal(task_id, timeout, user_id)
+        rec = await self._terminal(task_id, timeout, user_id)
         if rec.status is _COMPLETED:
             return rec.result
         raise TaskFailed(rec.task_id, rec.status, rec.error)
@@ -777,18 +752,14 @@ class TaskManager:
         except TimeoutError:
             raise TaskTimeout(task_id, timeout or 0.0) from None
 
-    async def _wait_terminal(self, task_id: str, poll: float = 2.0) -> TaskRecord:
+    async def _wait_terminal(self, task_id: str) -> TaskRecord:
         while True:
-            fut = asyncio.get_running_loop().create_future()
             handle = self._local.get(task_id)
             if handle is not None:
-                if handle.status is not _RUNNING:
-                    return handle
-                if handle.waiters is None:
-                    handle.waiters = []
-                handle.waiters.append(fut)
-                await fut
+                if handle.status is _RUNNING:
+                    await handle.add_waiter()
                 return handle
+            fut = asyncio.get_running_loop().create_future()
             self._remote_waiters.setdefault(task_id, []).append(fut)
             try:
                 rec = await self._store.get(task_id)
@@ -796,7 +767,7 @@ class TaskManager:
                     raise TaskNotFound(task_id)
                 if rec.status is not _RUNNING:
                     return rec
-                await asyncio.wait((fut,), timeout=poll)
+                await asyncio.wait((fut,), timeout=WAIT_POLL)
             finally:
                 unwait(self._remote_waiters, task_id, fut)
 

@@ -75,6 +75,7 @@ import weakref
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypedDict
 
+from .._checks import is_coroutine
 from .._ids import check_id
 from .._records import StopOutcome, TaskStatus
 from ..errors import TaskIdInUse
@@ -236,7 +237,7 @@ async def create_task(
     `id` or `task_id`, or a `task_id` already in use here (open-webui would
     silently replace that task in its registry); the coroutine is then closed.
     """
-    if not asyncio.iscoroutine(coroutine):
+    if not is_coroutine(coroutine):
         raise TypeError(f"a coroutine was expected, got {coroutine!r}")
     run = _Run(coroutine)
     try:

@@ -260,11 +260,14 @@ class MemoryStore:
         packed = self._done.get(task_id)
         if packed is None:
             return None
-        finished_at = packed[_P_FINISHED_AT]
-        if finished_at is not None and finished_at + self.retention.result_ttl <= time.time():
-            self._evict(time.time())  # expired: gone for readers, whether or not writes come
+        if self._expired(packed):
+            self._evict(time.time())  # gone for readers, whether or not writes come
             return None
         return _unpack(packed)
+
+    def _expired(self, packed: _Packed) -> bool:
+        finished_at = packed[_P_FINISHED_AT]
+        return finished_at is not None and finished_at + self.retention.result_ttl <= time.time()
 
     def outcome(self, task_id: str, user_id: str | None) -> tuple[TaskStatus, Any, Any] | None:
         """A terminal task's status, result and error, without unpacking its record.
@@ -275,8 +278,7 @@ class MemoryStore:
         packed = self._done.get(task_id)
         if packed is None or (user_id is not None and packed[_P_USER] != user_id):
             return None
-        finished_at = packed[_P_FINISHED_AT]
-        if finished_at is not None and finished_at + self.retention.result_ttl <= time.time():
+        if self._expired(packed):
             return None
         error_type = packed[_P_ERROR_TYPE]
         error = None if error_type is None else TaskError(error_type, packed[_P_ERROR_TYPE + 1])
