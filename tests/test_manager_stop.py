@@ -419,4 +419,3 @@ async def test_a_housekeeping_tick_cancels_a_stubborn_task_once(tm: TaskManager)
     await tm._keeper.reconcile_stops()
     assert handle.task.cancelling() == 1
     release.set()
-
