@@ -8,6 +8,7 @@ own and deletes those keys when it ends.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import math
 import sys
@@ -73,6 +74,7 @@ def redis_server(args: argparse.Namespace) -> Iterator[str]:
     yield url
 
 
+@functools.cache
 def _servers_module() -> Any:
     """`tests/servers.py`, which knows how to start a real server process."""
     path = REPO / "tests" / "servers.py"
@@ -92,16 +94,7 @@ def new_prefix(kind: str) -> str:
 
 def delete_keys(url: str, pattern: str) -> int:
     """Delete the keys matching `pattern` (SCAN + UNLINK); how many were deleted."""
-    deleted = 0
-    with redis.Redis.from_url(url) as client:
-        batch: list[bytes] = []
-        for key in client.scan_iter(match=pattern, count=1000):
-            batch.append(key)
-            if len(batch) >= 1000:
-                deleted += int(client.unlink(*batch))
-                batch.clear()
-        if batch:
-            deleted += int(client.unlink(*batch))
+    deleted: int = _servers_module().delete_matching(url, pattern)
     return deleted
 
 

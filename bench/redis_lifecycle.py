@@ -234,10 +234,16 @@ def report(
                 f"({1e6 / seq_base['per_second']:.0f} us each)"
             )
         ratio = fmt_ratio(sequential.per_second / seq_base["per_second"]) if seq_base else "-"
+        seq_rt = (
+            f", {seq_base['round_trips_per_lifecycle'] / sequential.round_trips_per_lifecycle:.2f}x"
+            " fewer round trips"
+            if seq_base
+            else ""
+        )
         print(
             f"{'taskward create_task + wait':<34} {sequential.per_second:>12,.0f}  {ratio:>13}  "
             f"{sequential.round_trips_per_lifecycle:>14.3f}  {sequential.wrong} wrong on read-back"
-            f"  ({1e6 / sequential.per_second:.0f} us each)"
+            f"  ({1e6 / sequential.per_second:.0f} us each{seq_rt})"
         )
     if base is not None and "as_shipped" in base:
         shipped = base["as_shipped"]

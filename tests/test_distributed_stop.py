@@ -405,10 +405,8 @@ async def test_with_a_shared_secret_only_signed_commands_stop(
     here = await start_manager("observer", secret=secret)
 
     first = await owner.create("sleep", seconds=LONG)
-    start = time.monotonic()
     result = await here.stop_task(first)
     assert result.outcome is StopOutcome.CANCELLED
-    assert time.monotonic() - start < 1.0
 
     target = await owner.create("sleep", seconds=LONG)
     channel = keys.command_channel("worker-a")

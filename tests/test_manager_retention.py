@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import TYPE_CHECKING
 
 import pytest
@@ -144,7 +143,6 @@ async def test_max_finished_holds_under_200_000_tasks(
     asyncio.get_running_loop().set_debug(False)
     tm = make_manager(max_finished=1000)
     store = memory_store(tm)
-    start = time.monotonic()
     last: list[str] = []
     for batch in range(200):
         last = [
@@ -155,7 +153,6 @@ async def test_max_finished_holds_under_200_000_tasks(
         if batch % 50 == 0:
             assert index_sizes(store)["records"] <= 1000 + 1000  # never more than a batch over
     await tm.records(limit=1)  # everything flushed
-    assert time.monotonic() - start < 15
 
     sizes = index_sizes(store)
     assert 900 <= sizes["records"] <= 1000

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+import taskward._stopping
 from helpers import Peers, forever, no_unawaited_coroutines, swallow, value
 from taskward import StopOutcome, StopResult, TaskManager, TaskRecord, TaskStatus
 
@@ -149,9 +150,8 @@ async def test_a_task_that_swallows_the_cancel_and_returns_is_not_reported_cance
     started = asyncio.Event()
 
     async def swallow_and_return() -> str:
-        started.set()
         try:
-            await asyncio.Event().wait()
+            await forever(started)
         except asyncio.CancelledError:
             return "partial answer"
         return "unreachable"
@@ -171,9 +171,8 @@ async def test_a_task_that_swallows_the_cancel_and_raises_is_failed(tm: TaskMana
     started = asyncio.Event()
 
     async def swallow_and_raise() -> None:
-        started.set()
         try:
-            await asyncio.Event().wait()
+            await forever(started)
         except asyncio.CancelledError:
             raise RuntimeError("cleanup failed") from None
 
@@ -291,9 +290,8 @@ async def test_stop_item_tasks_stops_a_task_spawned_while_stopping(tm: TaskManag
     spawned: list[str] = []
 
     async def spawns_on_cancel(started: asyncio.Event) -> None:
-        started.set()
         try:
-            await asyncio.Event().wait()
+            await forever(started)
         except asyncio.CancelledError:
             spawned.append(await tm.create_task(forever(), "chat"))
             raise
@@ -357,8 +355,11 @@ async def test_stop_item_tasks_reports_a_swallowing_task_as_pending(
 
 
 async def test_a_second_manager_stops_anothers_task(
-    pair: tuple[TaskManager, TaskManager],
+    pair: tuple[TaskManager, TaskManager], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # Without A's finished event, B would only learn of the stop by reading the
+    # store at its stop_timeout (5 s): an answer well before proves the event.
+    monkeypatch.setattr(taskward._stopping, "STOP_POLL", 30.0)
     a, b = pair
     started = asyncio.Event()
     task_id = await a.create_task(forever(started), "chat", user_id="alice")
@@ -369,7 +370,7 @@ async def test_a_second_manager_stops_anothers_task(
 
     start = time.monotonic()
     result = await b.stop_task(task_id, user_id="alice")
-    assert time.monotonic() - start < 0.5  # confirmed by A's event, not by polling
+    assert time.monotonic() - start < 4.0  # confirmed by A's event, not by reading the store
     assert result.outcome is StopOutcome.CANCELLED
     assert result.status is TaskStatus.CANCELLED
     rec = await a.get_record(task_id)
