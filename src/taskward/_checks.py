@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Coroutine
+from typing import TYPE_CHECKING
 
-from .stores.base import Retention
+if TYPE_CHECKING:
+    from .stores.base import Retention
 
 __all__ = [
     "check_int",
@@ -93,6 +95,8 @@ def check_retention(
             f"{', '.join(limits)} configure the store this manager creates; "
             "with store=..., give them to the store (its `retention`)"
         )
+    from .stores.base import Retention  # here: the store module checks with this one
+
     defaults = Retention()
     return Retention(
         result_ttl=defaults.result_ttl if result_ttl is None else result_ttl,

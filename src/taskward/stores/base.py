@@ -17,6 +17,8 @@ import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
+from .._checks import check_int, check_positive
+
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
@@ -40,17 +42,11 @@ class Retention:
     max_output: int = 1_000
 
     def __post_init__(self) -> None:
-        ttl: object = self.result_ttl
-        if isinstance(ttl, bool) or not isinstance(ttl, int | float):
-            raise TypeError(f"result_ttl must be a number, not {type(ttl).__name__}")
-        if not ttl > 0 or math.isinf(ttl):  # also refuses NaN
-            raise ValueError(f"result_ttl must be a positive number of seconds, not {ttl!r}")
-        for name in ("max_finished", "max_output"):
-            value: object = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise TypeError(f"{name} must be an int, not {type(value).__name__}")
-            if value < 1:
-                raise ValueError(f"{name} must be at least 1, not {value}")
+        check_positive("result_ttl", self.result_ttl)
+        if math.isinf(self.result_ttl):
+            raise ValueError("result_ttl must be a finite number of seconds, not inf")
+        check_int("max_finished", self.max_finished, 1)
+        check_int("max_output", self.max_output, 1)
 
 
 @dataclass(slots=True)
