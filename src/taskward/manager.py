@@ -707,7 +707,11 @@ class TaskManager:
         Waiting is woken by the task's own finish (here) or by its event (from
         another instance), with a slow re-read of the store as a safety net.
         """
-        return _own(await self._terminal(task_id, timeout, user_id))
+        # Already terminal (the common case): no coroutine for the waiting path.
+        rec = self._peek(task_id, user_id) if timeout is None else None
+        if rec is None or rec.status is _RUNNING:
+            rec = await self._terminal(task_id, timeout, user_id)
+        return _own(rec)
 
     async def result(
         self, task_id: str, timeout: float | None = None, user_id: str | None = None
