@@ -2,7 +2,9 @@
 
 Each contender starts N trivial coroutines and then collects every result, in
 the same process and the same run; the figure is microseconds per task
-(best of `--repeat` rounds) and the ratio to bare `asyncio.create_task` + await.
+(best of `--repeat` rounds) and the ratio to bare `asyncio.create_task` + await,
+with the part of that round spent in Python's cyclic garbage collector (which
+walks every object of every task in flight, so it grows with their number).
 taskward's `result()` is the counterpart of `await task` and `job.wait()`; the
 last line reads each outcome as a record (`wait()`, a copy per call) instead.
 
@@ -67,11 +69,31 @@ def with_taskward_records(tm: TaskManager) -> Callable[[int], Awaitable[None]]:
     return run
 
 
-async def once(fn: Callable[[int], Awaitable[None]], n: int) -> float:
+class GcClock:
+    """Seconds spent in the cyclic garbage collector (a `gc.callbacks` entry)."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self._started = 0.0
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            self.seconds += time.perf_counter() - self._started
+
+
+GC_CLOCK = GcClock()
+
+
+async def once(fn: Callable[[int], Awaitable[None]], n: int) -> tuple[float, float]:
+    """Microseconds per task for one round, and how many of them the collector took."""
     gc.collect()
+    in_gc = GC_CLOCK.seconds
     start = time.perf_counter()
     await fn(n)
-    return (time.perf_counter() - start) / n * 1e6
+    elapsed = time.perf_counter() - start
+    return elapsed / n * 1e6, (GC_CLOCK.seconds - in_gc) / n * 1e6
 
 
 async def main(sizes: list[int], repeat: int) -> None:
@@ -88,15 +110,26 @@ async def main(sizes: list[int], repeat: int) -> None:
             f"best of {repeat} interleaved rounds (the contenders take turns and the order"
             " rotates, so drift and the heap left by the one before hit all alike)"
         )
-        print(f"{'tasks':>8}  {'contender':<30} {'us/task':>8}  {'vs asyncio':>10}")
-        for n in sizes:
-            best = [float("inf")] * len(contenders)
-            for round_no in range(repeat):
-                for k in range(len(contenders)):
-                    i = (round_no + k) % len(contenders)
-                    best[i] = min(best[i], await once(contenders[i][1], n))
-            for (name, _), us in zip(contenders, best, strict=True):
-                print(f"{n:>8}  {name:<30} {us:>8.2f}  {us / best[0]:>9.2f}x")
+        print(
+            f"{'tasks':>8}  {'contender':<30} {'us/task':>8}  {'vs asyncio':>10}"
+            f"  {'of which in the garbage collector':>33}"
+        )
+        gc.callbacks.append(GC_CLOCK)
+        try:
+            for n in sizes:
+                best = [(float("inf"), 0.0)] * len(contenders)
+                for round_no in range(repeat):
+                    for k in range(len(contenders)):
+                        i = (round_no + k) % len(contenders)
+                        best[i] = min(best[i], await once(contenders[i][1], n))
+                base = best[0][0]
+                for (name, _), (us, in_gc) in zip(contenders, best, strict=True):
+                    print(
+                        f"{n:>8}  {name:<30} {us:>8.2f}  {us / base:>9.2f}x"
+                        f"  {in_gc:>25.2f} us ({in_gc / us:.0%})"
+                    )
+        finally:
+            gc.callbacks.remove(GC_CLOCK)
 
 
 if __name__ == "__main__":
