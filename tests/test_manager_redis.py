@@ -76,7 +76,7 @@ async def test_the_events_of_a_flush_ride_on_its_write(
         await client.aclose()
     assert rec.status is TaskStatus.COMPLETED
     assert rec.result == "released"
-    assert used <= 2, used  # the save and its PUBLISH go out together (+ a heartbeat at most)
+    assert used <= 2, used  # the save publishes the event in the same call (+ a heartbeat at most)
 
 
 async def test_events_of_a_write_that_failed_on_a_bug_still_go_out_on_the_bus(

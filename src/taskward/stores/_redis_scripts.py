@@ -104,7 +104,10 @@ end
 # as JSON: [[record, ...], [[task_id, [seq, member, ...]], ...]] where a record is
 # [id, status, user|'', item|'', owner, created, finish_score|'', [field, value, ...],
 #  [field to delete, ...]] (see `encode_record`). One JSON argument is far cheaper for
-# redis-py to send than thousands of small ones, and cjson decodes it in C.
+# redis-py to send than thousands of small ones, and cjson decodes it in C. Then,
+# optionally, a channel and a message to publish once the batch is written (the
+# bus's events about it: whoever they wake reads the write, and the write and its
+# notice are one call).
 SAVE = (
     _PRELUDE
     + """
@@ -149,6 +152,7 @@ for _, group in ipairs(batch[2]) do
 end
 flush()
 trim(cutoff, maxf, budget)
+if ARGV[17] then redis.call('PUBLISH', ARGV[16], ARGV[17]) end
 return 0
 """
 )

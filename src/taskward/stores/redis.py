@@ -190,7 +190,11 @@ class RedisStore:
     # -- writes --------------------------------------------------------------
 
     def _save_commands(
-        self, records: Sequence[TaskRecord], outputs: dict[str, list[OutputChunk]], now: float
+        self,
+        records: Sequence[TaskRecord],
+        outputs: dict[str, list[OutputChunk]],
+        now: float,
+        notice: str | None = None,
     ) -> list[list[Any]]:
         ret = self.retention
         head = [
@@ -209,13 +213,19 @@ class RedisStore:
                 for c in kept[i : i + OUTPUT_GROUP]:
                     members += (str(c.seq), encode_chunk(c))
                 groups.append([task_id, members])
-        # Outputs go with the last chunk, after every record they may belong to.
+        # Outputs and the notice go with the last chunk, after every record they
+        # may be about.
         last = max(len(encoded) - 1, 0) // SAVE_CHUNK * SAVE_CHUNK
+        tail = [] if notice is None else [self.keys.events, notice]
         return [
             self._evalsha_args(
                 _SAVE,
                 (),
-                [*head, encode_batch(encoded[i : i + SAVE_CHUNK], groups if i == last else [])],
+                [
+                    *head,
+                    encode_batch(encoded[i : i + SAVE_CHUNK], groups if i == last else []),
+                    *(tail if i == last else ()),
+                ],
             )
             for i in range(0, last + 1, SAVE_CHUNK)
         ]
@@ -224,10 +234,7 @@ class RedisStore:
         if not batch:
             return
         # Everything is read from the live records here, before the first await.
-        commands = self._save_commands(batch.records, batch.outputs, batch.now)
-        if batch.notice is not None:
-            # After the write, on the same connection: whoever it wakes reads the write.
-            commands.append(["PUBLISH", self.keys.events, batch.notice])
+        commands = self._save_commands(batch.records, batch.outputs, batch.now, batch.notice)
         if len(commands) == 1:
             await self._eval_command(commands[0])
         else:
