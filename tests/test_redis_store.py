@@ -598,6 +598,42 @@ async def test_save_is_one_round_trip(redis_url: str, keys: Keys, n: int) -> Non
         await conn.aclose()
 
 
+@pytest.mark.parametrize("n", [1, 600])
+async def test_a_notice_is_published_once_after_the_whole_batch(
+    redis_client: redis.asyncio.Redis, store: RedisStore, keys: Keys, n: int
+) -> None:
+    """The save script publishes the notice itself, with the last chunk of the batch:
+    whoever it wakes finds every record of the batch written."""
+    found: list[int] = []
+
+    async def listen(ready: asyncio.Event) -> None:
+        async with redis_client.pubsub() as pubsub:
+            await pubsub.subscribe(keys.events)
+            ready.set()
+            while True:
+                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1)
+                if message is not None:
+                    written = await store.get_many([f"t{i}" for i in range(n)])
+                    found.append(sum(r is not None for r in written))
+
+    ready = asyncio.Event()
+    listener = asyncio.create_task(listen(ready))
+    try:
+        await ready.wait()
+        records = [rec(f"t{i}") for i in range(n)]
+        await store.save(WriteBatch(records, now=NOW, notice="the events"))
+        await store.save(WriteBatch([rec("other")], now=NOW))  # no notice: nothing published
+        for _ in range(100):
+            if found:
+                break
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.1)  # room for a second message, which must not come
+    finally:
+        listener.cancel()
+        await asyncio.gather(listener, return_exceptions=True)
+    assert found == [n]
+
+
 async def test_store_unavailable_when_the_server_is_down(private_redis: ServerProcess) -> None:
     conn = connect(private_redis.url)
     try:
