@@ -96,14 +96,20 @@ class Flusher:
             return
         if self._task is None or self._task.done():
             return
-        fut = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
         self._sync_waiters.append(fut)
         self._kicked = True
         self._wakeup.set()
         if timeout is None:
             await fut
-        else:
-            await asyncio.wait((fut,), timeout=timeout)
+            return
+        # Lighter than `asyncio.wait`, and this runs for every creation on a shared store.
+        timer = loop.call_later(timeout, wake_all, [fut])
+        try:
+            await fut
+        finally:
+            timer.cancel()
 
     async def _run(self) -> None:
         while True:
