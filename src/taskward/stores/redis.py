@@ -6,7 +6,8 @@ three choices:
 
 - `save()` is one round trip whatever the batch holds: one Lua call per chunk
   of records (all chunks in one pipeline), which writes the hashes, moves the
-  indexes, appends output and applies retention server-side.
+  indexes, appends output, applies retention server-side and, in the last
+  chunk, publishes the bus's events about the batch.
 - The Lua scripts make the rules atomic where they matter: a record already
   terminal in Redis is never overwritten (the script reads its status first),
   a stop request is set only on a running task without one, and a task is
