@@ -604,7 +604,8 @@ async def test_a_notice_is_published_once_after_the_whole_batch(
 ) -> None:
     """The save script publishes the notice itself, with the last chunk of the batch:
     whoever it wakes finds every record of the batch written."""
-    found: list[int] = []
+    found: list[int] = []  # per message: how many of the batch's records were written
+    heard = asyncio.Event()
 
     async def listen(ready: asyncio.Event) -> None:
         async with redis_client.pubsub() as pubsub:
@@ -615,6 +616,7 @@ async def test_a_notice_is_published_once_after_the_whole_batch(
                 if message is not None:
                     written = await store.get_many([f"t{i}" for i in range(n)])
                     found.append(sum(r is not None for r in written))
+                    heard.set()
 
     ready = asyncio.Event()
     listener = asyncio.create_task(listen(ready))
@@ -623,10 +625,7 @@ async def test_a_notice_is_published_once_after_the_whole_batch(
         records = [rec(f"t{i}") for i in range(n)]
         await store.save(WriteBatch(records, now=NOW, notice="the events"))
         await store.save(WriteBatch([rec("other")], now=NOW))  # no notice: nothing published
-        for _ in range(100):
-            if found:
-                break
-            await asyncio.sleep(0.01)
+        await asyncio.wait_for(heard.wait(), 10)
         await asyncio.sleep(0.1)  # room for a second message, which must not come
     finally:
         listener.cancel()
