@@ -43,7 +43,6 @@ async def await_result(
     check_positive("timeout", timeout, allow_zero=True)
     if not _usable(task_id, user_id):
         return env.not_found_envelope(task_id)
-    await manager._ensure_started()
     try:
         final = await manager.wait(task_id, timeout, user_id or None)
     except TaskNotFound:

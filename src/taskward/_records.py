@@ -156,6 +156,18 @@ class TaskRecord:
 _RECORD_FIELDS = tuple(f.name for f in fields(TaskRecord))
 
 
+def own(rec: TaskRecord) -> TaskRecord:
+    """The record for a caller to keep.
+
+    A live record (an owner's running object, or a subclass of `TaskRecord` it
+    keeps) is copied; a terminal one a store made for this read (unpacked or
+    decoded) is already the caller's.
+    """
+    if type(rec) is TaskRecord and rec.status is not TaskStatus.RUNNING:
+        return rec
+    return rec.copy()
+
+
 @dataclass(slots=True, frozen=True)
 class OutputChunk:
     """One piece of a task's output stream; `seq` is the cursor after it."""

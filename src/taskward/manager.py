@@ -30,7 +30,7 @@ from ._context import _current
 from ._events import EventStream
 from ._housekeeping import Housekeeper
 from ._ids import check_id, check_optional_id, default_instance_id, new_task_id
-from ._records import EMPTY, OutputChunk, TaskError, TaskEvent, TaskRecord, TaskStatus
+from ._records import EMPTY, OutputChunk, TaskError, TaskEvent, TaskRecord, TaskStatus, own
 from ._stopping import fence_new_task, stop_local
 from ._sync import SYNC_TIMEOUT, Flusher, cancel_and_wait, unwait, wake_all
 from .bus.memory import MemoryBus
@@ -69,16 +69,6 @@ RECENT_LIMIT = 10_000
 # its `finished` event was lost.
 WAIT_POLL = 2.0
 CLOSE_REASON = "manager closed"
-
-
-def _own(rec: TaskRecord) -> TaskRecord:
-    """The record for a caller to keep.
-
-    A live record (this instance's, or one a memory store shares) is copied; a
-    terminal one a store made for this read (unpacked or decoded) is already
-    the caller's.
-    """
-    return rec if type(rec) is TaskRecord and rec.status is not _RUNNING else rec.copy()
 
 
 async def _run(rec: _Live, coro: Coroutine[Any, Any, Any]) -> Any:
@@ -566,7 +556,7 @@ class TaskManager:
         if message is not None:
             rec.progress_message = message
         rec.updated_at = now = _time()
-        self._flusher.mark(rec)
+        self._mark(rec)
         if self._streams or not self._alone:  # a listener is possible
             self._emit("progress", rec, now)
 
@@ -667,7 +657,7 @@ class TaskManager:
         check_optional_id(user_id, "user_id")
         await self._ensure_started()
         rec = await self._lookup(task_id, user_id)
-        return None if rec is None else _own(rec)
+        return None if rec is None else own(rec)
 
     def _peek(self, task_id: str, user_id: str | None) -> TaskRecord | None:
         """The record if it can be had without I/O (local, or an in-memory store)."""
@@ -711,7 +701,7 @@ class TaskManager:
         rec = self._peek(task_id, user_id) if timeout is None else None
         if rec is None or rec.status is _RUNNING:
             rec = await self._terminal(task_id, timeout, user_id)
-        return _own(rec)
+        return own(rec)
 
     async def result(
         self, task_id: str, timeout: float | None = None, user_id: str | None = None

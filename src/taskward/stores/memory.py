@@ -17,7 +17,15 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-from .._records import EMPTY, STATUS_BY_VALUE, OutputChunk, TaskError, TaskRecord, TaskStatus
+from .._records import (
+    EMPTY,
+    STATUS_BY_VALUE,
+    OutputChunk,
+    TaskError,
+    TaskRecord,
+    TaskStatus,
+    own,
+)
 from .base import Page, Retention, WriteBatch
 
 if TYPE_CHECKING:
@@ -87,6 +95,11 @@ def _pack(rec: TaskRecord) -> _Packed:
     )
 
 
+def _error(packed: _Packed) -> TaskError | None:
+    error_type = packed[_P_ERROR_TYPE]
+    return None if error_type is None else TaskError(error_type, packed[_P_ERROR_TYPE + 1])
+
+
 def _unpack(packed: _Packed) -> TaskRecord:
     (
         task_id,
@@ -102,8 +115,8 @@ def _unpack(packed: _Packed) -> TaskRecord:
         updated_at,
         finished_at,
         result,
-        error_type,
-        error_message,
+        _,  # the error, read by `_error`
+        _,
         progress,
         progress_message,
         metadata,
@@ -125,7 +138,7 @@ def _unpack(packed: _Packed) -> TaskRecord:
         updated_at,
         finished_at,
         result,
-        None if error_type is None else TaskError(error_type, error_message),
+        _error(packed),
         progress,
         progress_message,
         EMPTY if metadata is None else dict(metadata),
@@ -280,13 +293,11 @@ class MemoryStore:
             return None
         if self._expired(packed):
             return None
-        error_type = packed[_P_ERROR_TYPE]
-        error = None if error_type is None else TaskError(error_type, packed[_P_ERROR_TYPE + 1])
-        return STATUS_BY_VALUE[packed[_P_STATUS]], packed[_P_RESULT], error
+        return STATUS_BY_VALUE[packed[_P_STATUS]], packed[_P_RESULT], _error(packed)
 
     def _read(self, task_id: str) -> TaskRecord | None:
         rec = self.peek(task_id)
-        return rec.copy() if rec is not None and rec.status is _RUNNING else rec
+        return None if rec is None else own(rec)
 
     async def get(self, task_id: str) -> TaskRecord | None:
         return self._read(task_id)
