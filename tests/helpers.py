@@ -14,19 +14,24 @@ import warnings
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
+from taskward._records import to_live
 from taskward.bus.memory import MemoryBus, MemoryHub
+from taskward.stores.base import WriteBatch
 from taskward.stores.memory import MemoryStore
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Callable, Iterable, Iterator
 
-    from taskward import TaskManager
+    from taskward import OutputChunk, TaskManager, TaskRecord
+    from taskward._records import Live
 
 __all__ = [
     "Peers",
+    "batch",
     "blocked",
     "fail",
     "forever",
+    "lives",
     "no_unawaited_coroutines",
     "swallow",
     "value",
@@ -96,3 +101,18 @@ class Peers:
 
     def __call__(self, **options: Any) -> TaskManager:
         return self._make_manager(store=self.store, bus=MemoryBus(self.hub), **options)
+
+
+def batch(
+    records: Iterable[TaskRecord] = (),
+    outputs: dict[str, list[OutputChunk]] | None = None,
+    now: float = 0.0,
+    notice: str | None = None,
+) -> WriteBatch:
+    """A store write of `records` as an owner's flush passes them: live records."""
+    return WriteBatch([to_live(rec) for rec in records], outputs or {}, now, notice)
+
+
+def lives(records: Iterable[TaskRecord]) -> list[Live]:
+    """`records` as an owner's live records (for `Store.heartbeat`)."""
+    return [to_live(rec) for rec in records]

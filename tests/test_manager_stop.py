@@ -415,8 +415,8 @@ async def test_a_housekeeping_tick_cancels_a_stubborn_task_once(tm: TaskManager)
     task_id = await tm.create_task(swallow(started, release))
     await started.wait()
     await tm._store.request_stop(task_id, time.time())
-    handle = tm._local[task_id]
-    assert handle.stop_requested_at is not None and handle.task is not None
+    task = tm._tasks[task_id]
+    assert tm._local[task_id]["stop_requested_at"] is not None
     await tm._keeper.reconcile_stops()
-    assert handle.task.cancelling() == 1
+    assert task.cancelling() == 1
     release.set()

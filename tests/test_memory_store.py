@@ -9,8 +9,8 @@ import uuid
 
 import pytest
 
+from helpers import batch, lives
 from taskward import OutputChunk, Retention, TaskError, TaskRecord, TaskStatus
-from taskward.stores.base import WriteBatch
 from taskward.stores.memory import MemoryStore
 
 RUNNING = TaskStatus.RUNNING
@@ -50,7 +50,7 @@ def finish(rec: TaskRecord, status: TaskStatus = COMPLETED, at: float | None = N
 
 
 async def save(store: MemoryStore, *records: TaskRecord, now: float | None = None) -> None:
-    await store.save(WriteBatch(list(records), {}, time.time() if now is None else now))
+    await store.save(batch(list(records), {}, time.time() if now is None else now))
 
 
 def chunks(first: int, last: int) -> list[OutputChunk]:
@@ -283,8 +283,8 @@ async def test_running_ids_by_item_oldest_first() -> None:
 async def test_read_output_pages_from_a_cursor() -> None:
     store = MemoryStore()
     rec = make_record()
-    await store.save(WriteBatch([rec], {rec.task_id: chunks(1, 3)}, time.time()))
-    await store.save(WriteBatch([], {rec.task_id: chunks(4, 5)}, time.time()))
+    await store.save(batch([rec], {rec.task_id: chunks(1, 3)}, time.time()))
+    await store.save(batch([], {rec.task_id: chunks(4, 5)}, time.time()))
     assert [c.seq for c in await store.read_output(rec.task_id)] == [1, 2, 3, 4, 5]
     assert [c.seq for c in await store.read_output(rec.task_id, after=3)] == [4, 5]
     assert [c.seq for c in await store.read_output(rec.task_id, after=1, limit=2)] == [2, 3]
@@ -297,7 +297,7 @@ async def test_read_output_pages_from_a_cursor() -> None:
 async def test_output_of_an_unknown_task_is_not_kept() -> None:
     store = MemoryStore()
     stray = str(uuid.uuid4())
-    await store.save(WriteBatch([], {stray: chunks(1, 2)}, time.time()))
+    await store.save(batch([], {stray: chunks(1, 2)}, time.time()))
     assert await store.read_output(stray) == []
     assert store._outputs == {}
 
@@ -305,8 +305,8 @@ async def test_output_of_an_unknown_task_is_not_kept() -> None:
 async def test_output_streams_are_bounded_by_max_output() -> None:
     store = MemoryStore(Retention(max_output=3))
     rec = make_record()
-    await store.save(WriteBatch([rec], {rec.task_id: chunks(1, 4)}, time.time()))
-    await store.save(WriteBatch([], {rec.task_id: chunks(5, 6)}, time.time()))
+    await store.save(batch([rec], {rec.task_id: chunks(1, 4)}, time.time()))
+    await store.save(batch([], {rec.task_id: chunks(5, 6)}, time.time()))
     assert [c.seq for c in await store.read_output(rec.task_id)] == [4, 5, 6]
     assert [c.seq for c in await store.read_output(rec.task_id, after=2)] == [4, 5, 6]
     assert [c.seq for c in await store.read_output(rec.task_id, after=4)] == [5, 6]
@@ -333,7 +333,7 @@ async def test_max_finished_drops_the_oldest_finished_with_everything_they_had()
     done = []
     for n in range(5):
         rec = make_record(user_id="u", item_id=f"item-{n}")
-        await store.save(WriteBatch([rec], {rec.task_id: chunks(1, 1)}, time.time()))
+        await store.save(batch([rec], {rec.task_id: chunks(1, 1)}, time.time()))
         finish(rec)
         await save(store, rec)
         done.append(rec)
@@ -488,7 +488,7 @@ async def test_heartbeat_with_running_records_re_asserts_them() -> None:
     as_running.status = RUNNING
     as_running.finished_at = None
     finished_here = make_record(TaskStatus.FAILED, instance_id="inst-1")
-    await store.heartbeat("inst-1", 10, [forgotten, as_running, finished_here])
+    await store.heartbeat("inst-1", 10, lives([forgotten, as_running, finished_here]))
     got = await store.get(forgotten.task_id)
     assert got is not None
     assert got.status is RUNNING
@@ -534,10 +534,10 @@ async def test_terminal_records_of_plain_values_are_invisible_to_the_garbage_col
     """A kept result costs a full collection nothing: no object per record to walk."""
     store = MemoryStore()
     running = [make_record() for _ in range(50)]
-    await store.save(WriteBatch(running, now=time.time()))
+    await store.save(batch(running, now=time.time()))
     for rec in running:
         finish(rec)
-    await store.save(WriteBatch(running, now=time.time()))
+    await store.save(batch(running, now=time.time()))
     gc.collect()
     tracked = {id(o) for o in gc.get_objects()}
     kept = [store._done[rec.task_id] for rec in running]
@@ -552,12 +552,12 @@ async def test_terminal_records_keep_errors_metadata_redirects_and_rich_results(
     rec.metadata = {"tool": "search", "args": {"q": "x"}}
     rec.redirect = {"platform": "slack", "channel_id": "C1"}
     store = MemoryStore()
-    await store.save(WriteBatch([rec], now=time.time()))
+    await store.save(batch([rec], now=time.time()))
     finish(rec, TaskStatus.FAILED)
     rec.error = TaskError("ValueError", "bad input")
     rec.result = {"partial": [1, 2]}
     rec.progress, rec.progress_message = 0.5, "half"
-    await store.save(WriteBatch([rec], now=time.time()))
+    await store.save(batch([rec], now=time.time()))
     first = await store.get(rec.task_id)
     assert first == rec
     assert first is not None

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import redis.asyncio
 
+from helpers import batch
 from taskward._records import OutputChunk, TaskEvent, TaskRecord, TaskStatus
 from taskward._redis import (
     CountingConnection,
@@ -23,7 +24,6 @@ from taskward._redis import (
 )
 from taskward.bus.redis import RedisBus
 from taskward.errors import StoreUnavailable
-from taskward.stores.base import WriteBatch
 from taskward.stores.keys import Keys
 from taskward.stores.redis import RedisStore
 from test_redis_bus import Recorder
@@ -279,7 +279,7 @@ async def _round_trip(store: RedisStore) -> None:
         for i in range(700)  # two script calls in one pipeline
     ]
     records.append(TaskRecord("doomed", instance_id="dead", created_at=now))
-    await store.save(WriteBatch(records, outputs={"t1": [OutputChunk(1, "hi", now)]}, now=now))
+    await store.save(batch(records, outputs={"t1": [OutputChunk(1, "hi", now)]}, now=now))
     got = await store.get("t1")
     assert got is not None and got.user_id == "u"
     assert await store.read_output("t1") == [OutputChunk(1, "hi", now)]
@@ -295,7 +295,7 @@ async def _round_trip(store: RedisStore) -> None:
     assert [r.task_id for r in await store.reap(time.time())] == ["doomed"]
     records[0].status = TaskStatus.COMPLETED
     records[0].finished_at = now
-    await store.save(WriteBatch([records[0]], now=now))
+    await store.save(batch([records[0]], now=now))
     page = await store.query(status=TaskStatus.COMPLETED)
     assert [r.task_id for r in page.records] == ["t0"]
     await store.retire("dead")
@@ -381,13 +381,13 @@ async def test_pipelines_and_pubsub_survive_a_failover(
         await store.start()
         await bus.start("sender", Recorder())
         await listener.start("listener", handlers)
-        await store.save(WriteBatch([TaskRecord("before")], now=time.time()))
+        await store.save(batch([TaskRecord("before")], now=time.time()))
         private_sentinel.kill_master()
         failover = asyncio.create_task(asyncio.to_thread(private_sentinel.wait_for_failover, 30))
         # a multi-chunk pipeline sent into the outage: retried until the new master answers
         now = time.time()
         records = [TaskRecord(f"t{i}", user_id="u", created_at=now) for i in range(900)]
-        await store.save(WriteBatch(records, now=now))
+        await store.save(batch(records, now=now))
         assert any("retrying" in r.getMessage() for r in caplog.records)  # it did meet the outage
         await failover
         got = await store.get("t899")

@@ -9,11 +9,12 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import redis.asyncio
 
+from helpers import batch, lives
 from taskward._records import OutputChunk, TaskError, TaskRecord, TaskStatus
 from taskward._redis import CountingConnection, connect
 from taskward.errors import StoreUnavailable
 from taskward.stores._redis_codec import text
-from taskward.stores.base import Retention, WriteBatch
+from taskward.stores.base import Retention
 from taskward.stores.keys import Keys
 from taskward.stores.redis import RedisStore
 
@@ -121,7 +122,7 @@ async def test_save_and_get_round_trip_every_field(
         result=None,
     )
     bare = rec("t2")
-    await store.save(WriteBatch([full, bare], now=NOW))
+    await store.save(batch([full, bare], now=NOW))
     assert await store.get("t1") == full
     assert await store.get("t2") == bare
     assert await store.get("nope") is None
@@ -135,7 +136,7 @@ async def test_finished_record_keeps_result_and_error(store: RedisStore) -> None
     ok = finish(rec("ok", result={"answer": 42, "list": [1, "two"]}))
     bad = finish(rec("bad", error=TaskError("ValueError", "no good")), TaskStatus.FAILED)
     odd = finish(rec("odd", result={1, 2}))  # not JSON: stored as its str()
-    await store.save(WriteBatch([ok, bad, odd], now=NOW + 1))
+    await store.save(batch([ok, bad, odd], now=NOW + 1))
     assert await store.get("ok") == ok
     assert await store.get("bad") == bad
     got = await store.get("odd")
@@ -144,18 +145,18 @@ async def test_finished_record_keeps_result_and_error(store: RedisStore) -> None
 
 async def test_a_later_save_clears_fields_that_became_none(store: RedisStore) -> None:
     r = rec("t", progress_message="working", redirect={"to": "x"})
-    await store.save(WriteBatch([r], now=NOW))
+    await store.save(batch([r], now=NOW))
     r.progress_message = None
     r.redirect = None
     r.progress = 0.5
-    await store.save(WriteBatch([r], now=NOW))
+    await store.save(batch([r], now=NOW))
     assert await store.get("t") == r
 
 
 async def test_records_read_through_a_decoding_client(
     redis_url: str, keys: Keys, store: RedisStore
 ) -> None:
-    await store.save(WriteBatch([rec("t", user_id="u", metadata={"a": 1})], now=NOW))
+    await store.save(batch([rec("t", user_id="u", metadata={"a": 1})], now=NOW))
     client = redis.asyncio.Redis.from_url(redis_url, decode_responses=True)
     try:
         other = RedisStore(client, keys=keys)
@@ -169,12 +170,12 @@ async def test_records_read_through_a_decoding_client(
 
 async def test_terminal_records_are_never_overwritten(store: RedisStore) -> None:
     done = finish(rec("t", result="first"))
-    await store.save(WriteBatch([done], now=NOW + 1))
+    await store.save(batch([done], now=NOW + 1))
     again = finish(rec("t", result="second"), TaskStatus.FAILED, at=NOW + 2)
     running = rec("t", progress=0.9)
-    await store.save(WriteBatch([again], now=NOW + 2))
-    await store.save(WriteBatch([running], now=NOW + 2))
-    await store.heartbeat("inst-a", 5, [running])
+    await store.save(batch([again], now=NOW + 2))
+    await store.save(batch([running], now=NOW + 2))
+    await store.heartbeat("inst-a", 5, lives([running]))
     got = await store.get("t")
     assert got is not None
     assert (got.status, got.result, got.finished_at) == (TaskStatus.COMPLETED, "first", NOW + 1)
@@ -186,11 +187,11 @@ async def test_finishing_moves_indexes_and_starts_retention(
     store: RedisStore, redis_client: redis.asyncio.Redis, keys: Keys
 ) -> None:
     r = rec("t", user_id="u", item_id="i")
-    await store.save(WriteBatch([r], outputs={"t": [OutputChunk(1, "x", NOW)]}, now=NOW))
+    await store.save(batch([r], outputs={"t": [OutputChunk(1, "x", NOW)]}, now=NOW))
     assert await store.request_stop("t", NOW) is not None
     assert await redis_client.sismember(keys.instance_tasks("inst-a"), "t")
     assert await redis_client.ttl(keys.task("t")) == -1
-    await store.save(WriteBatch([finish(r, TaskStatus.CANCELLED)], now=NOW + 1))
+    await store.save(batch([finish(r, TaskStatus.CANCELLED)], now=NOW + 1))
     assert not await redis_client.sismember(keys.instance_tasks("inst-a"), "t")
     assert await store.pending_stops("inst-a") == []
     assert await redis_client.zscore(keys.status_index("running"), "t") is None
@@ -201,7 +202,7 @@ async def test_finishing_moves_indexes_and_starts_retention(
 
 
 async def test_a_record_first_saved_terminal_is_indexed(store: RedisStore) -> None:
-    await store.save(WriteBatch([finish(rec("t", user_id="u"))], now=NOW + 1))
+    await store.save(batch([finish(rec("t", user_id="u"))], now=NOW + 1))
     page = await store.query(user_id="u", status=TaskStatus.COMPLETED)
     assert [r.task_id for r in page.records] == ["t"]
 
@@ -217,7 +218,7 @@ async def test_result_ttl_expires_records_and_their_index_entries(
     store = await make_store(result_ttl=0.2)
     now = time.time()
     old = [finish(rec(f"old{i}", user_id="u", created_at=now), at=now) for i in range(3)]
-    await store.save(WriteBatch(old, outputs={"old0": [OutputChunk(1, "x", now)]}, now=now))
+    await store.save(batch(old, outputs={"old0": [OutputChunk(1, "x", now)]}, now=now))
     assert await store.get("old0") is not None
     await asyncio.sleep(0.35)
     assert await store.get("old0") is None
@@ -228,7 +229,7 @@ async def test_result_ttl_expires_records_and_their_index_entries(
     assert await redis_client.zcard(keys.user_index("u")) == 0
     # ...and writes drop what is older than the ttl from every index
     assert await redis_client.zcard(keys.all) == 3
-    await store.save(WriteBatch([rec("new", created_at=time.time())], now=time.time()))
+    await store.save(batch([rec("new", created_at=time.time())], now=time.time()))
     assert await redis_client.zrange(keys.all, 0, -1) == [b"new"]
     assert await redis_client.zcard(keys.finished) == 0
     assert await redis_client.zcard(keys.status_index("completed")) == 0
@@ -240,13 +241,13 @@ async def test_max_finished_keeps_the_store_bounded(
     keys: Keys,
 ) -> None:
     store = await make_store(max_finished=3)
-    for batch in range(4):
+    for round_ in range(4):
         records = [
-            finish(rec(f"t{batch}-{i}", user_id="u", item_id=f"i{i}"), at=NOW + batch * 10 + i)
+            finish(rec(f"t{round_}-{i}", user_id="u", item_id=f"i{i}"), at=NOW + round_ * 10 + i)
             for i in range(5)
         ]
         outputs = {r.task_id: [OutputChunk(1, "x", NOW)] for r in records}
-        await store.save(WriteBatch([*records, rec(f"run{batch}")], outputs=outputs, now=NOW))
+        await store.save(batch([*records, rec(f"run{round_}")], outputs=outputs, now=NOW))
     newest = {"t3-2", "t3-3", "t3-4"}
     members = await redis_client.zrange(keys.finished, 0, -1)
     assert {text(m).split()[0] for m in members if isinstance(m, bytes)} == newest
@@ -269,10 +270,10 @@ async def test_trimming_spares_a_reused_id(
     make_store: Callable[..., Awaitable[RedisStore]], redis_client: redis.asyncio.Redis, keys: Keys
 ) -> None:
     store = await make_store(max_finished=1)
-    await store.save(WriteBatch([finish(rec("t", user_id="u"))], now=NOW + 1))
+    await store.save(batch([finish(rec("t", user_id="u"))], now=NOW + 1))
     await redis_client.delete(keys.task("t"))  # as if it expired
-    await store.save(WriteBatch([rec("t", user_id="u")], now=NOW + 2))  # the id comes back
-    await store.save(WriteBatch([finish(rec("other"), at=NOW + 3)], now=NOW + 3))  # trims "t ..."
+    await store.save(batch([rec("t", user_id="u")], now=NOW + 2))  # the id comes back
+    await store.save(batch([finish(rec("other"), at=NOW + 3)], now=NOW + 3))  # trims "t ..."
     got = await store.get("t")
     assert got is not None and got.status is TaskStatus.RUNNING
     assert [r.task_id for r in (await store.query(user_id="u")).records] == ["t"]
@@ -283,7 +284,7 @@ async def test_trimming_spares_a_reused_id(
 
 async def test_query_pages_newest_first_with_a_cursor(store: RedisStore) -> None:
     records = [rec(f"t{i:02d}", created_at=NOW + i) for i in range(25)]
-    await store.save(WriteBatch(records, now=NOW))
+    await store.save(batch(records, now=NOW))
     seen: list[str] = []
     cursor = None
     pages = 0
@@ -300,7 +301,7 @@ async def test_query_pages_newest_first_with_a_cursor(store: RedisStore) -> None
 
 async def test_query_pages_through_equal_creation_times(store: RedisStore) -> None:
     records = [rec(f"t{i:02d}") for i in range(23)]  # all created at NOW
-    await store.save(WriteBatch(records, now=NOW))
+    await store.save(batch(records, now=NOW))
     seen: list[str] = []
     page = await store.query(limit=5)
     seen += [r.task_id for r in page.records]
@@ -318,7 +319,7 @@ async def test_query_filters_combine(store: RedisStore) -> None:
         if i % 5 == 0:
             finish(r)
         records.append(r)
-    await store.save(WriteBatch(records, now=NOW + 1))
+    await store.save(batch(records, now=NOW + 1))
 
     async def ids(**kw: Any) -> list[str]:
         out: list[str] = []
@@ -355,7 +356,7 @@ async def test_query_scans_past_its_budget(
     records = [
         rec(f"t{i:02d}", created_at=NOW + i, user_id="u", item_id=f"i{i % 4}") for i in range(20)
     ]
-    await store.save(WriteBatch(records, now=NOW))
+    await store.save(batch(records, now=NOW))
     page = await store.query(user_id="u", item_id="i1", limit=3)
     assert [r.task_id for r in page.records] == ["t17", "t13", "t09"]
     page = await store.query(user_id="u", item_id="i1", limit=3, cursor=page.cursor)
@@ -366,7 +367,7 @@ async def test_query_scans_past_its_budget(
 async def test_query_never_shows_a_stale_index_entry(
     store: RedisStore, redis_client: redis.asyncio.Redis, keys: Keys
 ) -> None:
-    await store.save(WriteBatch([rec("theirs", user_id="u2")], now=NOW))
+    await store.save(batch([rec("theirs", user_id="u2")], now=NOW))
     await redis_client.zadd(keys.user_index("u1"), {"theirs": NOW})  # e.g. an id reused by u2
     assert (await store.query(user_id="u1")).records == []
     assert await redis_client.zcard(keys.user_index("u1")) == 0
@@ -387,7 +388,7 @@ async def test_running_ids_by_item_oldest_first(store: RedisStore) -> None:
     records = [rec(f"t{i}", item_id="chat", created_at=NOW + 10 - i) for i in range(4)]
     records.append(rec("elsewhere", item_id="other"))
     finish(records[1])
-    await store.save(WriteBatch(records, now=NOW))
+    await store.save(batch(records, now=NOW))
     assert await store.running_ids_by_item("chat") == ["t3", "t2", "t0"]
     assert await store.running_ids_by_item("none") == []
 
@@ -399,39 +400,39 @@ async def test_output_is_capped_and_read_from_a_cursor(
     make_store: Callable[..., Awaitable[RedisStore]],
 ) -> None:
     store = await make_store(max_output=5)
-    await store.save(WriteBatch([rec("t")], now=NOW))
+    await store.save(batch([rec("t")], now=NOW))
     chunks = [OutputChunk(i, f"line {i} | with bars", NOW + i) for i in range(1, 13)]
-    await store.save(WriteBatch(outputs={"t": chunks[:7]}, now=NOW))
-    await store.save(WriteBatch(outputs={"t": chunks[7:]}, now=NOW))
+    await store.save(batch(outputs={"t": chunks[:7]}, now=NOW))
+    await store.save(batch(outputs={"t": chunks[7:]}, now=NOW))
     assert await store.read_output("t") == chunks[-5:]
     assert await store.read_output("t", after=9) == chunks[9:]
     assert await store.read_output("t", after=8, limit=2) == chunks[8:10]
     assert await store.read_output("t", after=12) == []
     assert await store.read_output("t", limit=0) == []
     # a resent batch (a retry) changes nothing
-    await store.save(WriteBatch(outputs={"t": chunks[7:]}, now=NOW))
+    await store.save(batch(outputs={"t": chunks[7:]}, now=NOW))
     assert await store.read_output("t") == chunks[-5:]
 
 
 async def test_output_of_an_unknown_task_is_dropped(
     store: RedisStore, redis_client: redis.asyncio.Redis, keys: Keys
 ) -> None:
-    await store.save(WriteBatch(outputs={"ghost": [OutputChunk(1, "boo", NOW)]}, now=NOW))
+    await store.save(batch(outputs={"ghost": [OutputChunk(1, "boo", NOW)]}, now=NOW))
     assert await redis_client.exists(keys.output("ghost")) == 0
 
 
 async def test_output_after_finishing_expires_with_the_record(
     store: RedisStore, redis_client: redis.asyncio.Redis, keys: Keys
 ) -> None:
-    await store.save(WriteBatch([finish(rec("t"))], now=NOW + 1))
-    await store.save(WriteBatch(outputs={"t": [OutputChunk(1, "late", NOW)]}, now=NOW + 1))
+    await store.save(batch([finish(rec("t"))], now=NOW + 1))
+    await store.save(batch(outputs={"t": [OutputChunk(1, "late", NOW)]}, now=NOW + 1))
     assert 0 < await redis_client.pttl(keys.output("t")) <= 3_600_000
 
 
 async def test_huge_output_batch_fits_lua_limits(store: RedisStore) -> None:
-    await store.save(WriteBatch([rec("t")], now=NOW))
+    await store.save(batch([rec("t")], now=NOW))
     chunks = [OutputChunk(i, "x", NOW) for i in range(1, 2501)]
-    await store.save(WriteBatch(outputs={"t": chunks}, now=NOW))
+    await store.save(batch(outputs={"t": chunks}, now=NOW))
     got = await store.read_output("t", limit=5000)
     assert [c.seq for c in got] == list(range(1501, 2501))  # the default cap is 1000
 
@@ -440,7 +441,7 @@ async def test_huge_output_batch_fits_lua_limits(store: RedisStore) -> None:
 
 
 async def test_request_stop_sets_once_and_only_on_running(store: RedisStore) -> None:
-    await store.save(WriteBatch([rec("run", instance_id="i1"), finish(rec("done"))], now=NOW + 1))
+    await store.save(batch([rec("run", instance_id="i1"), finish(rec("done"))], now=NOW + 1))
     first = await store.request_stop("run", NOW + 5)
     assert first is not None and first.stop_requested_at == NOW + 5
     second = await store.request_stop("run", NOW + 9)
@@ -454,7 +455,7 @@ async def test_request_stop_sets_once_and_only_on_running(store: RedisStore) -> 
 
 
 async def test_concurrent_stop_requests_agree(store: RedisStore) -> None:
-    await store.save(WriteBatch([rec("t")], now=NOW))
+    await store.save(batch([rec("t")], now=NOW))
     results = await asyncio.gather(*(store.request_stop("t", NOW + i) for i in range(1, 21)))
     stamps = {r.stop_requested_at for r in results if r is not None}
     assert len(stamps) == 1
@@ -463,11 +464,11 @@ async def test_concurrent_stop_requests_agree(store: RedisStore) -> None:
 
 async def test_save_never_writes_the_stop_request(store: RedisStore) -> None:
     r = rec("t")
-    await store.save(WriteBatch([r], now=NOW))
+    await store.save(batch([r], now=NOW))
     await store.request_stop("t", NOW + 1)
     r.progress = 0.5
     r.stop_requested_at = None  # the owner's copy does not know yet
-    await store.save(WriteBatch([r], now=NOW))
+    await store.save(batch([r], now=NOW))
     got = await store.get("t")
     assert got is not None and got.stop_requested_at == NOW + 1 and got.progress == 0.5
 
@@ -482,10 +483,10 @@ async def test_heartbeat_marks_alive_and_reasserts_running_records(
     assert 1000 < await redis_client.pttl(keys.alive("inst-a")) <= 2000
     assert await redis_client.smembers(keys.instances) == {b"inst-a"}
     gone, lost, fine = rec("gone"), finish(rec("lost"), TaskStatus.LOST), rec("fine")
-    await store.save(WriteBatch([lost, fine], now=NOW + 1))
+    await store.save(batch([lost, fine], now=NOW + 1))
     lost_again = rec("lost", progress=0.7)  # the owner still thinks it runs
     await redis_client.srem(keys.instance_tasks("inst-a"), "fine")
-    await store.heartbeat("inst-a", 2.0, [gone, lost_again, fine, finish(rec("ended"))])
+    await store.heartbeat("inst-a", 2.0, lives([gone, lost_again, fine, finish(rec("ended"))]))
     assert await store.get("gone") == gone
     still = await store.get("lost")
     assert still is not None and still.status is TaskStatus.LOST
@@ -500,7 +501,7 @@ async def test_reap_marks_the_tasks_of_a_dead_instance_lost(
     await store.heartbeat("live", 30)
     dead = [rec(f"d{i}", instance_id="dead", user_id="u") for i in range(3)]
     live = [rec(f"l{i}", instance_id="live") for i in range(2)]
-    await store.save(WriteBatch([*dead, *live], now=NOW))
+    await store.save(batch([*dead, *live], now=NOW))
     await store.request_stop("d0", NOW)
     await asyncio.sleep(0.1)
     now = time.time()
@@ -526,11 +527,9 @@ async def test_reap_marks_the_tasks_of_a_dead_instance_lost(
 
 async def test_reap_skips_tasks_that_already_finished(store: RedisStore) -> None:
     await store.heartbeat("dead", 0.05)
-    await store.save(
-        WriteBatch([rec("a", instance_id="dead"), rec("b", instance_id="dead")], now=NOW)
-    )
+    await store.save(batch([rec("a", instance_id="dead"), rec("b", instance_id="dead")], now=NOW))
     # "a" finished but its set entry survived (say, the write raced the reaper's read)
-    await store.save(WriteBatch([finish(rec("a", instance_id="dead"))], now=NOW + 1))
+    await store.save(batch([finish(rec("a", instance_id="dead"))], now=NOW + 1))
     await asyncio.sleep(0.1)
     lost = await store.reap(time.time())
     assert [r.task_id for r in lost] == ["b"]
@@ -542,7 +541,7 @@ async def test_reaper_lock_keeps_a_second_reaper_out(
     store: RedisStore, redis_client: redis.asyncio.Redis, keys: Keys
 ) -> None:
     await store.heartbeat("dead", 0.05)
-    await store.save(WriteBatch([rec(f"d{i}", instance_id="dead") for i in range(7)], now=NOW))
+    await store.save(batch([rec(f"d{i}", instance_id="dead") for i in range(7)], now=NOW))
     await asyncio.sleep(0.1)
     await redis_client.set(keys.reaper_lock, "someone-else", px=5000)
     assert await store.reap(time.time()) == []
@@ -563,7 +562,7 @@ async def test_retire_forgets_an_idle_instance_only(
 ) -> None:
     await store.heartbeat("idle", 30)
     await store.heartbeat("busy", 30)
-    await store.save(WriteBatch([rec("t", instance_id="busy")], now=NOW))
+    await store.save(batch([rec("t", instance_id="busy")], now=NOW))
     await store.retire("idle")
     await store.retire("busy")
     assert await redis_client.exists(keys.alive("idle"), keys.alive("busy")) == 0
@@ -584,13 +583,13 @@ async def test_save_is_one_round_trip(redis_url: str, keys: Keys, n: int) -> Non
         records = [rec(f"t{i}", user_id=f"u{i % 7}") for i in range(n)]
         outputs = {f"t{i}": [OutputChunk(1, "x", NOW)] for i in range(0, n, 3)}
         before = CountingConnection.round_trips
-        await store.save(WriteBatch(records, outputs=outputs, now=NOW))
+        await store.save(batch(records, outputs=outputs, now=NOW))
         assert CountingConnection.round_trips - before == 1
         for r in records:
             finish(r)
         before = CountingConnection.round_trips
-        await store.save(WriteBatch(records, now=NOW + 1))
-        await store.heartbeat("inst-a", 5, records[:10])
+        await store.save(batch(records, now=NOW + 1))
+        await store.heartbeat("inst-a", 5, lives(records[:10]))
         assert CountingConnection.round_trips - before == 2
         page = await store.query(user_id="u3", status=TaskStatus.COMPLETED, limit=50)
         assert len(page.records) == min(50, len(range(3, n, 7)))
@@ -623,8 +622,8 @@ async def test_a_notice_is_published_once_after_the_whole_batch(
     try:
         await ready.wait()
         records = [rec(f"t{i}") for i in range(n)]
-        await store.save(WriteBatch(records, now=NOW, notice="the events"))
-        await store.save(WriteBatch([rec("other")], now=NOW))  # no notice: nothing published
+        await store.save(batch(records, now=NOW, notice="the events"))
+        await store.save(batch([rec("other")], now=NOW))  # no notice: nothing published
         await asyncio.wait_for(heard.wait(), 10)
         await asyncio.sleep(0.1)  # room for a second message, which must not come
     finally:
@@ -638,17 +637,17 @@ async def test_store_unavailable_when_the_server_is_down(private_redis: ServerPr
     try:
         store = RedisStore(conn.client, keys=Keys(), retry_budget=0.3)
         await store.start()
-        await store.save(WriteBatch([rec("t")], now=NOW))
+        await store.save(batch([rec("t")], now=NOW))
         private_redis.stop()
         with pytest.raises(StoreUnavailable) as info:
             await store.get("t")
         assert isinstance(info.value.__cause__, redis.exceptions.ConnectionError)
         with pytest.raises(StoreUnavailable):
-            await store.save(WriteBatch([rec("u")], now=NOW))
+            await store.save(batch([rec("u")], now=NOW))
         with pytest.raises(StoreUnavailable):
             await store.query()
         private_redis.restart()
-        await store.save(WriteBatch([rec("u")], now=NOW))  # scripts are reloaded (NOSCRIPT)
+        await store.save(batch([rec("u")], now=NOW))  # scripts are reloaded (NOSCRIPT)
         assert await store.get("u") is not None
     finally:
         await conn.aclose()
@@ -662,7 +661,7 @@ async def test_a_write_rides_out_a_short_outage(private_redis: ServerProcess) ->
         private_redis.stop()
         loop = asyncio.get_running_loop()
         restart = loop.call_later(0.5, private_redis.restart)
-        await store.save(WriteBatch([rec("t") for _ in range(1)], now=NOW))
+        await store.save(batch([rec("t") for _ in range(1)], now=NOW))
         restart.cancel()
         assert await store.get("t") is not None
     finally:

@@ -9,22 +9,24 @@ from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .manager import _Live
+    from ._records import Live
+    from .manager import TaskManager
 
 __all__ = ["current_task_id", "emit", "report_progress"]
 
 logger = logging.getLogger(__name__)
 
-# Set by the wrapper that runs each task; child tasks inherit it.
-_current: ContextVar[_Live | None] = ContextVar("taskward_current", default=None)
+# Set by the wrapper that runs each task (its manager and live record); child
+# tasks inherit it.
+_current: ContextVar[tuple[TaskManager, Live] | None] = ContextVar("taskward_current", default=None)
 
 MAX_PROGRESS_MESSAGE = 1_000
 
 
 def current_task_id() -> str | None:
     """The id of the taskward task this code runs in, or None outside one."""
-    handle = _current.get()
-    return None if handle is None else handle.task_id
+    current = _current.get()
+    return None if current is None else current[1]["task_id"]
 
 
 def report_progress(fraction: float, message: str | None = None) -> None:
@@ -41,11 +43,12 @@ def report_progress(fraction: float, message: str | None = None) -> None:
         if not isinstance(message, str):
             raise TypeError(f"message must be a str, not {type(message).__name__}")
         message = message[:MAX_PROGRESS_MESSAGE]
-    handle = _current.get()
-    if handle is None:
+    current = _current.get()
+    if current is None:
         logger.debug("report_progress(%r) outside a taskward task: ignored", fraction)
         return
-    handle.manager._on_progress(handle, float(fraction), message)
+    manager, rec = current
+    manager._on_progress(rec, float(fraction), message)
 
 
 def emit(data: Any) -> None:
@@ -57,8 +60,9 @@ def emit(data: Any) -> None:
     logs at debug level).
     """
     text = data if isinstance(data, str) else json.dumps(data, separators=(",", ":"))
-    handle = _current.get()
-    if handle is None:
+    current = _current.get()
+    if current is None:
         logger.debug("emit() outside a taskward task: ignored")
         return
-    handle.manager._on_output(handle, text)
+    manager, rec = current
+    manager._on_output(rec, text)

@@ -15,17 +15,18 @@ from typing import TYPE_CHECKING
 
 from ._records import TaskEvent, TaskStatus
 from ._stopping import STOP_REASON, stop_local
-from ._sync import wake_all
 from .errors import StoreUnavailable
 
 if TYPE_CHECKING:
-    from .manager import TaskManager, _Live
+    from ._records import Live
+    from .manager import TaskManager
 
 __all__ = ["Housekeeper"]
 
 logger = logging.getLogger(__name__)
 
 _RUNNING = TaskStatus.RUNNING
+_V_RUNNING = _RUNNING.value
 # How often a disconnected instance tries the store again.
 RECONNECT_INTERVAL = 0.25
 
@@ -69,7 +70,7 @@ class Housekeeper:
         started = time.monotonic()
         if not manager._connected:
             tasks = self._started_tasks()
-            running = [rec for rec in tasks if rec.status is _RUNNING]
+            running = [rec for rec in tasks if rec["status"] == _V_RUNNING]
             was_alive = await store.heartbeat(manager.instance_id, manager.liveness_ttl, running)
             logger.warning("store reachable again: re-asserted %d running tasks", len(running))
             if not was_alive and manager._has_peers():
@@ -101,44 +102,43 @@ class Housekeeper:
         """
         manager = self._manager
         started = self._started_tasks()
-        running = [rec for rec in started if rec.status is _RUNNING]
+        running = [rec for rec in started if rec["status"] == _V_RUNNING]
         logger.warning("this instance's liveness had expired; checking %d tasks", len(started))
         await manager._store.heartbeat(manager.instance_id, manager.liveness_ttl, running)
         await self._settle_reaped(started, running)
 
-    def _started_tasks(self) -> list[_Live]:
+    def _started_tasks(self) -> list[Live]:
+        """Records of this instance's tasks whose asyncio task has not ended."""
+        local = self._manager._local
         return [
-            rec
-            for rec in self._manager._local.values()
-            if rec.task is not None and not rec.task.done()
+            local[task_id]
+            for task_id, task in self._manager._tasks.items()
+            if not task.done() and task_id in local
         ]
 
-    async def _settle_reaped(self, started: list[_Live], running: list[_Live]) -> None:
+    async def _settle_reaped(self, started: list[Live], running: list[Live]) -> None:
         """Cancel the tasks that another instance marked terminal (lost) meanwhile."""
         manager = self._manager
-        stored = await manager._store.get_many([rec.task_id for rec in running])
+        stored = await manager._store.get_many([rec["task_id"] for rec in running])
         for rec, now in zip(running, stored, strict=True):
-            if now is not None and now.status is not _RUNNING and rec.status is _RUNNING:
-                rec.status, rec.error, rec.finished_at = now.status, now.error, now.finished_at
+            if now is not None and now.status is not _RUNNING and rec["status"] == _V_RUNNING:
+                rec["status"], rec["error"] = now.status.value, now.error
+                rec["finished_at"] = now.finished_at
         for rec in started:
-            if rec.status is not _RUNNING:
-                logger.warning(
-                    "task %s was marked %s elsewhere: cancelling it", rec.task_id, rec.status
-                )
-                rec.cancel(f"marked {rec.status.value} while this instance was presumed dead")
+            status = rec["status"]
+            if status != _V_RUNNING:
+                task_id = rec["task_id"]
+                logger.warning("task %s was marked %s elsewhere: cancelling it", task_id, status)
+                manager._cancel(rec, f"marked {status} while this instance was presumed dead")
                 manager._flusher.mark(rec)  # so it leaves the local table once written
-                if rec.waiters is not None:
-                    wake_all(rec.waiters)
-                    rec.waiters = None
+                manager._wake(task_id)
 
     async def _reap(self) -> None:
         manager = self._manager
         lost = await manager._store.reap(time.time())
         if not lost:
             return
-        events = [
-            TaskEvent.of("finished", rec, rec.finished_at or time.time(), rec) for rec in lost
-        ]
+        events = [TaskEvent.of("finished", rec, rec.finished_at or time.time()) for rec in lost]
         manager.on_events(events)
         if manager._has_peers():
             for event in events:
@@ -155,14 +155,14 @@ class Housekeeper:
         """Honour stop requests the bus did not deliver, or that a task swallowed."""
         manager = self._manager
         for rec in list(manager._local.values()):
-            if rec.status is _RUNNING and rec.stop_requested_at is not None:
-                rec.cancel(STOP_REASON)  # asked before and still running: ask again
+            if rec["status"] == _V_RUNNING and rec["stop_requested_at"] is not None:
+                manager._cancel(rec, STOP_REASON)  # asked before and still running: ask again
         for task_id in await manager._store.pending_stops(manager.instance_id):
-            handle = manager._local.get(task_id)
+            live = manager._local.get(task_id)
             # One cancellation per tick: those known already were asked again above.
             if (
-                handle is not None
-                and handle.status is _RUNNING
-                and handle.stop_requested_at is None
+                live is not None
+                and live["status"] == _V_RUNNING
+                and live["stop_requested_at"] is None
             ):
-                stop_local(manager, handle)
+                stop_local(manager, live)

@@ -12,12 +12,12 @@ import asyncio
 import time
 from typing import TYPE_CHECKING
 
-from ._records import StopOutcome, StopResult, TaskStatus
+from ._records import STATUS_BY_VALUE, StopOutcome, StopResult, TaskStatus
 from ._sync import SYNC_TIMEOUT, unwait
 
 if TYPE_CHECKING:
-    from ._records import TaskEvent, TaskRecord
-    from .manager import TaskManager, _Live
+    from ._records import Live, TaskEvent, TaskRecord
+    from .manager import TaskManager
 
 __all__ = [
     "STOP_POLL",
@@ -33,6 +33,7 @@ __all__ = [
 
 
 _RUNNING = TaskStatus.RUNNING
+_V_RUNNING = _RUNNING.value
 _CANCELLED = TaskStatus.CANCELLED
 _time = time.time
 
@@ -53,21 +54,21 @@ class Fence:
 
 async def stop_task(manager: TaskManager, task_id: str, user_id: str | None) -> StopResult:
     """`TaskManager.stop_task` once its arguments are checked and the manager started."""
-    handle = manager._local.get(task_id)
-    if handle is not None:
-        if user_id is not None and handle.user_id != user_id:
+    rec = manager._local.get(task_id)
+    if rec is not None:
+        if user_id is not None and rec["user_id"] != user_id:
             return StopResult(task_id, StopOutcome.NOT_FOUND)
-        if handle.status is not _RUNNING:
-            return StopResult(task_id, StopOutcome.ALREADY_FINISHED, handle.status)
-        stop_local(manager, handle)
-        if manager._get_now is None and manager._connected:
+        if rec["status"] != _V_RUNNING:
+            return StopResult(task_id, StopOutcome.ALREADY_FINISHED, STATUS_BY_VALUE[rec["status"]])
+        stop_local(manager, rec)
+        requested_at = rec["stop_requested_at"]
+        if manager._get_now is None and manager._connected and requested_at is not None:
             # Leave the same durable trace as a stop from elsewhere, in the
             # background: a stop here must work while the store is away.
-            assert handle.stop_requested_at is not None  # set by stop_local
-            manager._background(manager._store.request_stop(task_id, handle.stop_requested_at))
-        if handle.status is _RUNNING:
-            await asyncio.wait((handle.add_waiter(),), timeout=manager.stop_timeout)
-        outcome = stop_outcome_of(task_id, handle.status)
+            manager._background(manager._store.request_stop(task_id, requested_at))
+        if rec["status"] == _V_RUNNING:
+            await asyncio.wait((manager._add_waiter(task_id),), timeout=manager.stop_timeout)
+        outcome = stop_outcome_of(task_id, STATUS_BY_VALUE[rec["status"]])
         await manager._flusher.sync(SYNC_TIMEOUT)  # what we answer is what others read
         return outcome
     # Listen for the finish before asking, so the confirmation cannot slip by.
@@ -100,13 +101,13 @@ async def _confirm_remote_stop(
     return stop_outcome(task_id, await manager._store.get(task_id))
 
 
-def stop_local(manager: TaskManager, rec: _Live) -> None:
+def stop_local(manager: TaskManager, rec: Live) -> None:
     """Stop a task of this instance: note the request (once), then cancel it."""
-    if rec.stop_requested_at is None:
-        rec.stop_requested_at = now = _time()
+    if rec["stop_requested_at"] is None:
+        rec["stop_requested_at"] = now = _time()
         if manager._streams or not manager._alone:
             manager._emit("stop_requested", rec, now)
-    rec.cancel(STOP_REASON)
+    manager._cancel(rec, STOP_REASON)
 
 
 async def stop_item_tasks(
@@ -136,13 +137,16 @@ async def stop_item_tasks(
     return list(results.values())
 
 
-def fence_new_task(fences: dict[str, list[Fence]], rec: _Live) -> None:
+def fence_new_task(manager: TaskManager, rec: Live) -> None:
     """A task created here on an item that is being stopped is stopped at once."""
-    for fence in fences[rec.item_id or ""]:
-        if fence.user_id is None or fence.user_id == rec.user_id:
-            rec.stop_requested_at = _time()
-            rec.cancel(STOP_REASON)  # not started yet: recorded cancelled right here
-            fence.results[rec.task_id] = StopResult(rec.task_id, StopOutcome.CANCELLED, rec.status)
+    for fence in manager._fences[rec["item_id"] or ""]:
+        if fence.user_id is None or fence.user_id == rec["user_id"]:
+            rec["stop_requested_at"] = _time()
+            manager._cancel(rec, STOP_REASON)  # not started yet: recorded cancelled right here
+            task_id = rec["task_id"]
+            fence.results[task_id] = StopResult(
+                task_id, StopOutcome.CANCELLED, STATUS_BY_VALUE[rec["status"]]
+            )
             return
 
 

@@ -19,7 +19,7 @@ from .errors import StoreUnavailable
 from .stores.base import WriteBatch
 
 if TYPE_CHECKING:
-    from ._records import OutputChunk, TaskEvent, TaskRecord
+    from ._records import Live, OutputChunk, TaskEvent
     from .manager import TaskManager
 
 __all__ = ["SYNC_TIMEOUT", "Flusher", "cancel_and_wait", "unwait", "wake_all"]
@@ -36,7 +36,7 @@ class Flusher:
 
     def __init__(self, manager: TaskManager) -> None:
         self._manager = manager
-        self._dirty: dict[str, TaskRecord] = {}
+        self._dirty: dict[str, Live] = {}
         self._outputs: dict[str, list[OutputChunk]] = {}
         self._events: list[TaskEvent] = []
         self._sync_waiters: list[asyncio.Future[None]] = []
@@ -55,8 +55,8 @@ class Flusher:
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="taskward-flusher")
 
-    def mark(self, rec: TaskRecord) -> None:
-        self._dirty[rec.task_id] = rec
+    def mark(self, rec: Live) -> None:
+        self._dirty[rec["task_id"]] = rec
         if not self._kicked:
             self._kicked = True
             self._wakeup.set()
@@ -165,12 +165,12 @@ class Flusher:
 
     def _requeue(
         self,
-        records: list[TaskRecord],
+        records: list[Live],
         outputs: dict[str, list[OutputChunk]],
         events: list[TaskEvent],
     ) -> None:
         newer = self._dirty
-        self._dirty = {rec.task_id: rec for rec in records}
+        self._dirty = {rec["task_id"]: rec for rec in records}
         self._dirty.update(newer)
         for task_id, chunks in self._outputs.items():
             outputs.setdefault(task_id, []).extend(chunks)
@@ -203,9 +203,9 @@ class Flusher:
 def coalesce(events: list[TaskEvent]) -> list[TaskEvent]:
     """Drop `created` and `progress` events a later event of the same batch supersedes.
 
-    Bus events carry the live record, encoded at publish time: a task that
-    finished in this batch is fully described by its `finished` event, and of
-    several progress events only the last says anything new. Output events all stay.
+    A task that finished in this batch is fully described by its `finished`
+    event's record, and of several progress events only the last says anything
+    new. Output events all stay.
     """
     last: dict[str, int] = {}
     finished: set[str] = set()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import inspect
 import logging
 import time
 from collections import OrderedDict
@@ -30,7 +31,7 @@ from ._context import _current
 from ._events import EventStream
 from ._housekeeping import Housekeeper
 from ._ids import check_id, check_optional_id, default_instance_id, new_task_id
-from ._records import EMPTY, OutputChunk, TaskError, TaskEvent, TaskRecord, TaskStatus, own
+from ._records import Live, OutputChunk, TaskError, TaskEvent, TaskRecord, TaskStatus, snapshot
 from ._stopping import fence_new_task, stop_local
 from ._sync import SYNC_TIMEOUT, Flusher, cancel_and_wait, unwait, wake_all
 from .bus.memory import MemoryBus
@@ -46,7 +47,7 @@ from .errors import (
 from .stores.memory import MemoryStore
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
+    from collections.abc import Callable, Coroutine, Iterable, Sequence
 
     from ._pulse import Pulse
     from ._records import StopResult
@@ -60,8 +61,12 @@ logger = logging.getLogger(__name__)
 
 _RUNNING = TaskStatus.RUNNING
 _COMPLETED = TaskStatus.COMPLETED
-_FAILED = TaskStatus.FAILED
-_CANCELLED = TaskStatus.CANCELLED
+# What a live record's status holds (see `Live`): the plain values.
+_V_RUNNING = _RUNNING.value
+_V_COMPLETED = _COMPLETED.value
+_V_FAILED = TaskStatus.FAILED.value
+_V_CANCELLED = TaskStatus.CANCELLED.value
+_V_LOST = TaskStatus.LOST.value
 _time = time.time
 
 RECENT_LIMIT = 10_000
@@ -71,33 +76,34 @@ WAIT_POLL = 2.0
 CLOSE_REASON = "manager closed"
 
 
-async def _run(rec: _Live, coro: Coroutine[Any, Any, Any]) -> Any:
+async def _run(manager: TaskManager, rec: Live, coro: Coroutine[Any, Any, Any]) -> Any:
     """What each task's `asyncio.Task` runs: the coroutine, then its outcome recorded.
 
     Few locals on purpose: this frame lives as long as the task, so its size is
-    memory (and garbage-collector work) per running task.
+    memory (and garbage-collector work) per running task. `TaskManager._cancel`
+    reads `coro` from this frame while it has not started.
     """
-    rec.coro = None  # started: from here on the outcome is recorded below
-    _current.set(rec)
+    _current.set((manager, rec))
     try:
-        result = await coro if rec.max_runtime is None else await _run_limited(rec, coro)
+        result = await coro if rec["max_runtime"] is None else await _run_limited(rec, coro)
     except BaseException as exc:
-        if rec.manager._failed(rec, exc):
+        if manager._failed(rec, exc):
             raise
         return None
-    rec.manager._finish(rec, _COMPLETED, result, None)
+    manager._finish(rec, _V_COMPLETED, result, None)
     return result
 
 
-async def _run_limited(rec: TaskRecord, coro: Coroutine[Any, Any, Any]) -> Any:
-    assert rec.max_runtime is not None  # checked by the caller; narrows the type
-    scope = asyncio.timeout(rec.max_runtime)
+async def _run_limited(rec: Live, coro: Coroutine[Any, Any, Any]) -> Any:
+    max_runtime = rec["max_runtime"]
+    assert max_runtime is not None  # checked by the caller; narrows the type
+    scope = asyncio.timeout(max_runtime)
     try:
         async with scope:
             return await coro
     except TimeoutError:
         if scope.expired():
-            raise MaxRuntimeExceeded(rec.task_id, rec.max_runtime) from None
+            raise MaxRuntimeExceeded(rec["task_id"], max_runtime) from None
         raise
 
 
@@ -107,79 +113,6 @@ class _State(enum.Enum):
     RUNNING = "running"
     CLOSING = "closing"
     CLOSED = "closed"
-
-
-class _Live(TaskRecord):
-    """The record of a task running on this instance, with what only its owner needs.
-
-    One object instead of a record plus a handle: creating a task should cost
-    little more than `asyncio.create_task`. Never handed out: callers get copies.
-    """
-
-    __slots__ = ("cancel_reason", "coro", "manager", "seq", "task", "waiters")
-
-    manager: TaskManager
-    coro: Coroutine[Any, Any, Any] | None
-    task: asyncio.Task[Any] | None
-    waiters: list[asyncio.Future[None]] | None
-    cancel_reason: str | None
-    seq: int
-
-    def __init__(
-        self,
-        manager: TaskManager,
-        coro: Coroutine[Any, Any, Any],
-        task_id: str,
-        name: str,
-        item_id: str | None,
-        user_id: str | None,
-        channel_id: str,
-        platform: str,
-        now: float,
-        metadata: Mapping[str, Any],
-        max_runtime: float | None,
-    ) -> None:
-        # Every field written once, in one function: cheaper than the dataclass's
-        # twenty-argument __init__ followed by the live fields.
-        self.task_id = task_id
-        self.status = _RUNNING
-        self.name = name
-        self.item_id = item_id
-        self.user_id = user_id
-        self.channel_id = channel_id
-        self.platform = platform
-        self.instance_id = manager.instance_id
-        self.created_at = self.started_at = self.updated_at = now
-        self.finished_at = self.result = self.error = None
-        self.progress = self.progress_message = None
-        self.metadata = metadata
-        self.redirect = self.stop_requested_at = None
-        self.max_runtime = max_runtime
-        self.manager = manager
-        self.coro = coro
-        self.task = self.waiters = self.cancel_reason = None
-        self.seq = 0
-
-    def add_waiter(self) -> asyncio.Future[None]:
-        """A future that is set when this task finishes."""
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        if self.waiters is None:
-            self.waiters = [fut]
-        else:
-            self.waiters.append(fut)
-        return fut
-
-    def cancel(self, reason: str) -> None:
-        """Cancel the task; one that never got to run is finished right here."""
-        self.cancel_reason = reason
-        if self.task is not None:
-            self.task.cancel()
-        coro, self.coro = self.coro, None
-        if coro is not None:
-            # Not started: its wrapper will never run, so record the outcome now
-            # and close the coroutine (no "never awaited" warning).
-            coro.close()
-            self.manager._finish(self, _CANCELLED, None, TaskError("CancelledError", reason))
 
 
 class TaskManager:
@@ -261,13 +194,18 @@ class TaskManager:
             Callable[[str, str | None], tuple[TaskStatus, Any, Any] | None] | None
         ) = getattr(self._store, "outcome", None)
         # Final records of tasks run here, kept for reads when the store is remote.
-        self._recent: OrderedDict[str, TaskRecord] | None = (
+        self._recent: OrderedDict[str, Live] | None = (
             OrderedDict() if self._get_now is None else None
         )
         self._recent_limit = min(self.retention.max_finished, RECENT_LIMIT)
         self._state = _State.NEW
         self._started: asyncio.Future[None] | None = None
-        self._local: dict[str, _Live] = {}
+        # The tasks of this instance until their final state is written: records
+        # (plain dicts, see `Live`), the asyncio tasks of those not finished yet,
+        # and the futures of local waits for them.
+        self._local: dict[str, Live] = {}
+        self._tasks: dict[str, asyncio.Task[Any]] = {}
+        self._waiters: dict[str, list[asyncio.Future[None]]] = {}
         # Futures of waits and stops for tasks of other instances, woken by their
         # `finished` event (the event is the result; None if woken otherwise).
         self._remote_waiters: dict[str, list[asyncio.Future[Any]]] = {}
@@ -378,30 +316,31 @@ class TaskManager:
             closed.set()
 
     async def _drain_tasks(self) -> None:
-        running = [h.task for h in self._local.values() if h.task is not None and not h.task.done()]
+        running = [task for task in self._tasks.values() if not task.done()]
         if running and self.shutdown_grace > 0:
             _, pending = await asyncio.wait(running, timeout=self.shutdown_grace)
             running = list(pending)
         if not running:
             return
         logger.info("closing: cancelling %d running tasks", len(running))
-        for handle in list(self._local.values()):
-            if handle.task is not None and not handle.task.done():
-                handle.cancel(CLOSE_REASON)
+        for rec in list(self._local.values()):
+            task = self._tasks.get(rec["task_id"])
+            if task is not None and not task.done():
+                self._cancel(rec, CLOSE_REASON)
         if self.shutdown_timeout > 0:
             await asyncio.wait(running, timeout=self.shutdown_timeout)
         else:
             await asyncio.sleep(0)  # one turn to take the cancellation, no more
-        for handle in list(self._local.values()):
-            if handle.status is _RUNNING:
+        for rec in list(self._local.values()):
+            if rec["status"] == _V_RUNNING:
                 logger.warning(
                     "task %s (%s) ignored cancellation; abandoned as lost",
-                    handle.task_id,
-                    handle.name,
+                    rec["task_id"],
+                    rec["name"],
                 )
                 self._finish(
-                    handle,
-                    TaskStatus.LOST,
+                    rec,
+                    _V_LOST,
                     None,
                     TaskError("TaskLost", "did not stop within the shutdown deadline"),
                 )
@@ -464,26 +403,35 @@ class TaskManager:
         now = _time()
         if task_id is None:
             task_id = new_task_id()
-        rec = _Live(
-            self,
-            coro,
-            task_id,
-            name or "",
-            item_id,
-            user_id,
-            channel_id,
-            platform,
-            now,
-            EMPTY if metadata is None else dict(metadata),
-            max_runtime,
-        )
+        rec: Live = {
+            "task_id": task_id,
+            "status": _V_RUNNING,
+            "name": name or "",
+            "item_id": item_id,
+            "user_id": user_id,
+            "channel_id": channel_id,
+            "platform": platform,
+            "instance_id": self.instance_id,
+            "created_at": now,
+            "started_at": now,
+            "updated_at": now,
+            "finished_at": None,
+            "result": None,
+            "error": None,
+            "progress": None,
+            "progress_message": None,
+            "metadata": dict(metadata) if metadata else None,
+            "redirect": None,
+            "stop_requested_at": None,
+            "max_runtime": max_runtime,
+        }
         self._local[task_id] = rec
-        rec.task = self._spawn(_run(rec, coro))
+        self._tasks[task_id] = self._spawn(_run(self, rec, coro))
         self._mark(rec)
         if self._streams or not self._alone:  # a listener is possible
             self._emit("created", rec, now)
         if self._fences and item_id is not None and item_id in self._fences:
-            fence_new_task(self._fences, rec)
+            fence_new_task(self, rec)
         if not self._alone and (self._get_now is None or self._has_peers()):
             # A shared store: return once the task is visible to every instance.
             # Concurrent creations share the write; an unreachable or slow store
@@ -496,37 +444,71 @@ class TaskManager:
         if await self._lookup(task_id, None) is not None:
             raise TaskIdInUse(task_id)
 
-    def _failed(self, rec: _Live, exc: BaseException) -> bool:
+    def _failed(self, rec: Live, exc: BaseException) -> bool:
         """Record how the task ended on `exc`; True if `exc` must go on (cancellation, exits)."""
         if isinstance(exc, asyncio.CancelledError):
-            reason = rec.cancel_reason or "cancelled"
-            self._finish(rec, _CANCELLED, None, TaskError("CancelledError", reason))
+            reason = rec.get("cancel_reason", "cancelled")
+            self._finish(rec, _V_CANCELLED, None, TaskError("CancelledError", reason))
             return True
         if isinstance(exc, MaxRuntimeExceeded):
-            self._finish(rec, _CANCELLED, None, TaskError.from_exception(exc))
+            self._finish(rec, _V_CANCELLED, None, TaskError.from_exception(exc))
             return False
         # A task's failure is its outcome, not ours; SystemExit and KeyboardInterrupt
         # are recorded, then let go.
-        self._finish(rec, _FAILED, None, TaskError.from_exception(exc))
+        self._finish(rec, _V_FAILED, None, TaskError.from_exception(exc))
         return not isinstance(exc, Exception)
 
-    def _finish(self, rec: _Live, status: TaskStatus, result: Any, error: TaskError | None) -> None:
-        if rec.status is not _RUNNING:
+    def _finish(self, rec: Live, status: str, result: Any, error: TaskError | None) -> None:
+        """Record the end of a task (`status` is a terminal value); the first end counts."""
+        task_id = rec["task_id"]
+        self._tasks.pop(task_id, None)
+        if rec["status"] != _V_RUNNING:
             return  # terminal states never change
-        rec.status = status
-        rec.result = result
-        rec.error = error
-        rec.finished_at = rec.updated_at = now = _time()
+        rec["status"] = status
+        rec["result"] = result
+        rec["error"] = error
+        rec["finished_at"] = rec["updated_at"] = now = _time()
         self._mark(rec)
-        rec.task = None
-        if rec.waiters is not None:
-            wake_all(rec.waiters)
-            rec.waiters = None
+        if self._waiters:
+            self._wake(task_id)
         if self._streams or not self._alone:  # a listener is possible
             self._emit("finished", rec, now)
 
-    def _forget(self, records: Iterable[TaskRecord]) -> None:
-        """Drop local handles of tasks whose final state is now in the store.
+    def _wake(self, task_id: str) -> None:
+        """Wake the local waits for a task (it finished, or was found finished)."""
+        waiters = self._waiters.pop(task_id, None)
+        if waiters is not None:
+            wake_all(waiters)
+
+    def _add_waiter(self, task_id: str) -> asyncio.Future[None]:
+        """A future that is set when this instance's task `task_id` finishes."""
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        waiters = self._waiters.get(task_id)
+        if waiters is None:
+            self._waiters[task_id] = [fut]
+        else:
+            waiters.append(fut)
+        return fut
+
+    def _cancel(self, rec: Live, reason: str) -> None:
+        """Cancel a task of this instance; one that never got to run is finished right here."""
+        rec["cancel_reason"] = reason
+        task = self._tasks.get(rec["task_id"])
+        if task is None:
+            return  # finished already
+        task.cancel()
+        wrapper = task.get_coro()
+        if (
+            inspect.iscoroutine(wrapper)
+            and inspect.getcoroutinestate(wrapper) == inspect.CORO_CREATED
+        ):
+            # Not started: its wrapper will never run its body, so record the outcome
+            # now and close the coroutine (no "never awaited" warning).
+            inspect.getcoroutinelocals(wrapper)["coro"].close()
+            self._finish(rec, _V_CANCELLED, None, TaskError("CancelledError", reason))
+
+    def _forget(self, records: Iterable[Live]) -> None:
+        """Drop local records of tasks whose final state is now in the store.
 
         With a remote store, the final records stay readable here for a while
         (`_recent`, bounded by `RECENT_LIMIT` and `result_ttl`), so the
@@ -537,8 +519,8 @@ class TaskManager:
         local = self._local
         recent = self._recent
         for rec in records:
-            if rec.status is not _RUNNING:
-                task_id = rec.task_id
+            if rec["status"] != _V_RUNNING:
+                task_id = rec["task_id"]
                 if local.get(task_id) is rec:
                     del local[task_id]
                     if recent is not None:
@@ -549,23 +531,23 @@ class TaskManager:
 
     # -- progress and output (called through taskward.report_progress / emit) ---
 
-    def _on_progress(self, rec: _Live, fraction: float, message: str | None) -> None:
-        if rec.status is not _RUNNING:
+    def _on_progress(self, rec: Live, fraction: float, message: str | None) -> None:
+        if rec["status"] != _V_RUNNING:
             return
-        rec.progress = fraction
+        rec["progress"] = fraction
         if message is not None:
-            rec.progress_message = message
-        rec.updated_at = now = _time()
+            rec["progress_message"] = message
+        rec["updated_at"] = now = _time()
         self._mark(rec)
         if self._streams or not self._alone:  # a listener is possible
             self._emit("progress", rec, now)
 
-    def _on_output(self, rec: _Live, text: str) -> None:
-        rec.seq += 1
+    def _on_output(self, rec: Live, text: str) -> None:
+        rec["seq"] = seq = rec.get("seq", 0) + 1
         now = _time()
-        self._flusher.add_output(rec.task_id, OutputChunk(rec.seq, text, now))
+        self._flusher.add_output(rec["task_id"], OutputChunk(seq, text, now))
         if self._streams or not self._alone:  # a listener is possible
-            self._emit("output", rec, now, text, rec.seq)
+            self._emit("output", rec, now, text, seq)
 
     # -- events ------------------------------------------------------------------
 
@@ -603,23 +585,25 @@ class TaskManager:
             self._streams.remove(stream)
 
     def _emit(
-        self, kind: str, rec: TaskRecord, at: float, data: str | None = None, seq: int | None = None
+        self, kind: str, rec: Live, at: float, data: str | None = None, seq: int | None = None
     ) -> None:
-        """Tell local streams now (with a snapshot) and other instances at the next flush.
+        """Tell local streams now and other instances at the next flush.
 
-        The bus gets the live record, read when the flush encodes it, so the
-        flusher can drop a `created` or `progress` event that a later event of
-        the same flush supersedes.
+        Events other than `output` carry a snapshot of the record; local streams
+        and the bus each get their own. The flusher drops a `created` or
+        `progress` event that a later event of the same flush supersedes.
         """
         with_record = data is None
         if self._streams:
-            event = TaskEvent.of(kind, rec, at, rec.copy() if with_record else None, data, seq)
+            event = TaskEvent.of_live(
+                kind, rec, at, snapshot(rec) if with_record else None, data, seq
+            )
             for stream in self._streams:
                 if stream.matches(event):
                     stream.push(event)
         if self._has_peers():
             self._flusher.add_event(
-                TaskEvent.of(kind, rec, at, rec if with_record else None, data, seq)
+                TaskEvent.of_live(kind, rec, at, snapshot(rec) if with_record else None, data, seq)
             )
 
     # Bus callbacks ---------------------------------------------------------------
@@ -642,9 +626,9 @@ class TaskManager:
         if command.get("op") != "stop":
             logger.warning("ignoring unknown command %r", command.get("op"))
             return
-        handle = self._local.get(str(command.get("task_id")))
-        if handle is not None and handle.status is _RUNNING:
-            stop_local(self, handle)
+        rec = self._local.get(str(command.get("task_id")))
+        if rec is not None and rec["status"] == _V_RUNNING:
+            stop_local(self, rec)
 
     async def on_reconnect(self) -> None:
         await self._keeper.reconcile_stops()
@@ -656,17 +640,21 @@ class TaskManager:
         check_id(task_id, "task_id")
         check_optional_id(user_id, "user_id")
         await self._ensure_started()
-        rec = await self._lookup(task_id, user_id)
-        return None if rec is None else own(rec)
+        return await self._lookup(task_id, user_id)
 
     def _peek(self, task_id: str, user_id: str | None) -> TaskRecord | None:
-        """The record if it can be had without I/O (local, or an in-memory store)."""
-        rec: TaskRecord | None = self._local.get(task_id)
-        if rec is None:
-            if self._get_now is not None:
-                rec = self._get_now(task_id)
-            else:
-                rec = self._recent_record(task_id)
+        """The record if it can be had without I/O (local, or an in-memory store).
+
+        Like every read here, the record is a fresh one: the caller's to keep.
+        """
+        live = self._local.get(task_id)
+        rec: TaskRecord | None
+        if live is not None:
+            rec = snapshot(live)
+        elif self._get_now is not None:
+            rec = self._get_now(task_id)
+        else:
+            rec = self._recent_record(task_id)
         if rec is None or (user_id is not None and rec.user_id != user_id):
             return None
         return rec
@@ -674,13 +662,15 @@ class TaskManager:
     def _recent_record(self, task_id: str) -> TaskRecord | None:
         recent = self._recent
         rec = None if recent is None else recent.get(task_id)
-        if rec is not None and (rec.finished_at or 0.0) + self.retention.result_ttl < _time():
+        if rec is None:
+            return None
+        if (rec["finished_at"] or 0.0) + self.retention.result_ttl < _time():
             del recent[task_id]  # type: ignore[union-attr]  # recent is set when rec is
             return None
-        return rec
+        return snapshot(rec)
 
     async def _lookup(self, task_id: str, user_id: str | None) -> TaskRecord | None:
-        """The live record (local) or a fresh one (store); None if not visible."""
+        """The task's record, fresh (local or from the store); None if not visible."""
         rec = self._peek(task_id, None)
         if rec is None and self._get_now is None:
             rec = await self._store.get(task_id)
@@ -701,7 +691,7 @@ class TaskManager:
         rec = self._peek(task_id, user_id) if timeout is None else None
         if rec is None or rec.status is _RUNNING:
             rec = await self._terminal(task_id, timeout, user_id)
-        return own(rec)
+        return rec
 
     async def result(
         self, task_id: str, timeout: float | None = None, user_id: str | None = None
@@ -727,7 +717,7 @@ class TaskManager:
     async def _terminal(
         self, task_id: str, timeout: float | None, user_id: str | None
     ) -> TaskRecord:
-        """The task's terminal record, after waiting for it; may be a live one (copy it)."""
+        """The task's terminal record, after waiting for it."""
         if timeout is not None:
             check_positive("timeout", timeout, allow_zero=True)
         rec = self._peek(task_id, user_id)
@@ -748,11 +738,11 @@ class TaskManager:
 
     async def _wait_terminal(self, task_id: str) -> TaskRecord:
         while True:
-            handle = self._local.get(task_id)
-            if handle is not None:
-                if handle.status is _RUNNING:
-                    await handle.add_waiter()
-                return handle
+            live = self._local.get(task_id)
+            if live is not None:
+                if live["status"] == _V_RUNNING:
+                    await self._add_waiter(task_id)
+                return snapshot(live)
             fut = asyncio.get_running_loop().create_future()
             self._remote_waiters.setdefault(task_id, []).append(fut)
             try:
@@ -922,4 +912,4 @@ class TaskManager:
     @property
     def running_count(self) -> int:
         """Tasks of this instance that have not finished yet."""
-        return sum(rec.status is _RUNNING for rec in self._local.values())
+        return sum(rec["status"] == _V_RUNNING for rec in self._local.values())

@@ -37,6 +37,8 @@ from .._records import STATUS_BY_VALUE, OutputChunk, TaskError, TaskRecord, Task
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
+    from .._records import Live
+
 __all__ = [
     "decode_chunk",
     "decode_cursor",
@@ -49,7 +51,7 @@ __all__ = [
     "text",
 ]
 
-_RUNNING = TaskStatus.RUNNING
+_V_RUNNING = TaskStatus.RUNNING.value
 
 
 def text(value: bytes | str) -> str:
@@ -57,18 +59,19 @@ def text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def encode_record(rec: TaskRecord) -> list[Any]:
-    """One record as the save script reads it (inside the batch's JSON).
+def encode_record(rec: Live) -> list[Any]:
+    """One live record as the save script reads it (inside the batch's JSON).
 
     ``[id, status, user|'', item|'', owner, created, finish_score|'', [field,
     value, ...], [field to delete, ...]]``, every value a string (so Lua never
     rounds a float). Never writes ``sr``: only `request_stop` does.
     """
-    status = rec.status.value
-    created = repr(rec.created_at)
-    pairs = ["s", status, "o", rec.instance_id, "ca", created, "ua", repr(rec.updated_at)]
+    status = rec["status"]
+    created = repr(rec["created_at"])
+    updated = rec["updated_at"]
+    pairs = ["s", status, "o", rec["instance_id"], "ca", created, "ua", repr(updated)]
     absent: list[str] = []
-    user, item = rec.user_id, rec.item_id
+    user, item = rec["user_id"], rec["item_id"]
     if item is not None:
         pairs += ("i", item)
     else:
@@ -77,54 +80,54 @@ def encode_record(rec: TaskRecord) -> list[Any]:
         pairs += ("u", user)
     else:
         absent.append("u")
-    if rec.name:
-        pairs += ("n", rec.name)
-    if rec.channel_id:
-        pairs += ("c", rec.channel_id)
-    if rec.platform:
-        pairs += ("p", rec.platform)
+    if rec["name"]:
+        pairs += ("n", rec["name"])
+    if rec["channel_id"]:
+        pairs += ("c", rec["channel_id"])
+    if rec["platform"]:
+        pairs += ("p", rec["platform"])
+    done = rec["finished_at"]
     for field, value in (
-        ("sa", rec.started_at),
-        ("fa", rec.finished_at),
-        ("pg", rec.progress),
-        ("mr", rec.max_runtime),
+        ("sa", rec["started_at"]),
+        ("fa", done),
+        ("pg", rec["progress"]),
+        ("mr", rec["max_runtime"]),
     ):
         if value is not None:
             pairs += (field, repr(value))
         else:
             absent.append(field)
-    if rec.progress_message is not None:
-        pairs += ("pm", rec.progress_message)
+    if rec["progress_message"] is not None:
+        pairs += ("pm", rec["progress_message"])
     else:
         absent.append("pm")
-    if rec.result is not None:
-        pairs += ("r", dump_json(rec.result))
+    if rec["result"] is not None:
+        pairs += ("r", dump_json(rec["result"]))
     else:
         absent.append("r")
-    error = rec.error
+    error = rec["error"]
     if error is not None:
         pairs += ("e", dump_json([error.type, error.message]))
     else:
         absent.append("e")
-    if rec.metadata:
-        pairs += ("m", dump_json(rec.metadata))
+    if rec["metadata"]:
+        pairs += ("m", dump_json(rec["metadata"]))
     else:
         absent.append("m")
-    if rec.redirect is not None:
-        pairs += ("rd", dump_json(rec.redirect))
+    if rec["redirect"] is not None:
+        pairs += ("rd", dump_json(rec["redirect"]))
     else:
         absent.append("rd")
-    if rec.status is _RUNNING:
+    if status == _V_RUNNING:
         finish = ""
     else:
-        done = rec.finished_at
-        finish = repr(done if done is not None else rec.updated_at)
+        finish = repr(done if done is not None else updated)
     return [
-        rec.task_id,
+        rec["task_id"],
         status,
         user or "",
         item or "",
-        rec.instance_id,
+        rec["instance_id"],
         created,
         finish,
         pairs,

@@ -6,9 +6,10 @@ a process). The manager is the only writer of a task's own fields and calls
 `save()` from a single flusher, once per loop turn with every record that changed
 in that turn; stores keep these writes cheap by batching them (one pipeline).
 
-Records passed to `save()` are the owner's live objects: a store must read what
-it needs from them before its first `await`, and must never hand them out;
-reads return fresh objects.
+Records passed to `save()` are the owners' live records (`Live`, plain dicts
+that the owner goes on changing): a store must read what it needs from them
+before its first `await`, and must never hand them out; reads return fresh
+`TaskRecord`s. `taskward._records.to_live` turns a `TaskRecord` into one.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from .._checks import check_int, check_positive
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from .._records import OutputChunk, TaskRecord, TaskStatus
+    from .._records import Live, OutputChunk, TaskRecord, TaskStatus
 
 __all__ = ["Page", "Retention", "Store", "WriteBatch"]
 
@@ -63,7 +64,7 @@ class WriteBatch:
     trip (set only for such a pair; see `TaskManager`).
     """
 
-    records: list[TaskRecord] = field(default_factory=list)
+    records: list[Live] = field(default_factory=list)
     outputs: dict[str, list[OutputChunk]] = field(default_factory=dict)
     now: float = 0.0
     notice: str | None = None
@@ -148,7 +149,7 @@ class Store(Protocol):
         """Ids of the instance's running tasks that have a stop request."""
 
     async def heartbeat(
-        self, instance_id: str, ttl: float, running: Sequence[TaskRecord] | None = None
+        self, instance_id: str, ttl: float, running: Sequence[Live] | None = None
     ) -> bool:
         """Mark the instance alive for `ttl` seconds; return whether it still was.
 

@@ -1,7 +1,7 @@
 """The in-process store: the default, no server needed.
 
-Records live in dicts; the owner's live record objects are kept (they are the
-truth in one process) and every read returns a copy. Indexes are insertion
+Records live in dicts; the owners' live records are kept while their tasks run
+(they are the truth in one process) and every read returns a fresh record. Indexes are insertion
 ordered dicts (creation order), so listing walks an index, never every record.
 Finished records sit in a queue ordered by finish time and are evicted by age
 (`result_ttl`) and count (`max_finished`), taking their index entries and output
@@ -24,27 +24,30 @@ from .._records import (
     TaskError,
     TaskRecord,
     TaskStatus,
-    own,
+    snapshot,
 )
 from .base import Page, Retention, WriteBatch
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
+    from .._records import Live
+
 __all__ = ["MemoryStore"]
 
 _RUNNING = TaskStatus.RUNNING
+_V_RUNNING = _RUNNING.value
 
 
 class _Index:
-    """Task ids by user, item and status, each in creation order."""
+    """Task ids by user, item and status (its value), each in creation order."""
 
     __slots__ = ("by_item", "by_status", "by_user")
 
     def __init__(self) -> None:
         self.by_user: dict[str, dict[str, None]] = {}
         self.by_item: dict[str, dict[str, None]] = {}
-        self.by_status: dict[TaskStatus, dict[str, None]] = {s: {} for s in TaskStatus}
+        self.by_status: dict[str, dict[str, None]] = {s.value: {} for s in TaskStatus}
 
 
 def _discard(index: dict[str, dict[str, None]], key: str, task_id: str) -> None:
@@ -62,36 +65,35 @@ def _discard(index: dict[str, dict[str, None]], key: str, task_id: str) -> None:
 # (bench/lifecycle.py: the retained results of a 100k round were a fifth of the
 # next round's time). Reads unpack a fresh record, which is the caller's copy.
 _Packed = tuple[Any, ...]
-_VALUE_OF = {status: status.value for status in TaskStatus}  # faster than .value
 # Positions in a packed record that the store reads without unpacking.
 _P_STATUS, _P_ITEM, _P_USER, _P_FINISHED_AT, _P_RESULT, _P_ERROR_TYPE = 1, 3, 4, 11, 12, 13
 
 
-def _pack(rec: TaskRecord) -> _Packed:
-    error = rec.error
-    metadata = rec.metadata
+def _pack(rec: Live) -> _Packed:
+    error = rec["error"]
+    redirect = rec["redirect"]
     return (
-        rec.task_id,
-        _VALUE_OF[rec.status],
-        rec.name,
-        rec.item_id,
-        rec.user_id,
-        rec.channel_id,
-        rec.platform,
-        rec.instance_id,
-        rec.created_at,
-        rec.started_at,
-        rec.updated_at,
-        rec.finished_at,
-        rec.result,
+        rec["task_id"],
+        rec["status"],
+        rec["name"],
+        rec["item_id"],
+        rec["user_id"],
+        rec["channel_id"],
+        rec["platform"],
+        rec["instance_id"],
+        rec["created_at"],
+        rec["started_at"],
+        rec["updated_at"],
+        rec["finished_at"],
+        rec["result"],
         None if error is None else error.type,
         None if error is None else error.message,
-        rec.progress,
-        rec.progress_message,
-        None if metadata is EMPTY else dict(metadata),
-        None if rec.redirect is None else dict(rec.redirect),
-        rec.stop_requested_at,
-        rec.max_runtime,
+        rec["progress"],
+        rec["progress_message"],
+        rec["metadata"],  # a terminal record's metadata never changes
+        None if redirect is None else dict(redirect),
+        rec["stop_requested_at"],
+        rec["max_runtime"],
     )
 
 
@@ -153,7 +155,7 @@ class MemoryStore:
 
     def __init__(self, retention: Retention | None = None) -> None:
         self.retention = retention or Retention()
-        self._live: dict[str, TaskRecord] = {}  # running: the owners' own objects
+        self._live: dict[str, Live] = {}  # running: the owners' own records
         self._done: dict[str, _Packed] = {}  # terminal, packed
         self._index = _Index()
         self._finished: deque[str] = deque()  # terminal task ids, oldest finished first
@@ -189,36 +191,38 @@ class MemoryStore:
         order = self._order
         index = self._index
         by_status = index.by_status
-        running = by_status[_RUNNING]
+        running = by_status[_V_RUNNING]
         finished = self._finished
         seq = self._seq
         for rec in batch.records:
-            task_id = rec.task_id
-            status = rec.status
+            task_id = rec["task_id"]
+            status = rec["status"]
             if task_id in done:
                 continue  # terminal states never change
             stored = live.get(task_id)
             if stored is None:  # new here
                 seq += 1
                 order[task_id] = seq
-                if rec.user_id is not None:
-                    index.by_user.setdefault(rec.user_id, {})[task_id] = None
-                if rec.item_id is not None:
-                    index.by_item.setdefault(rec.item_id, {})[task_id] = None
-                if status is _RUNNING:
+                user_id = rec["user_id"]
+                if user_id is not None:
+                    index.by_user.setdefault(user_id, {})[task_id] = None
+                item_id = rec["item_id"]
+                if item_id is not None:
+                    index.by_item.setdefault(item_id, {})[task_id] = None
+                if status == _V_RUNNING:
                     live[task_id] = rec
                     running[task_id] = None
-                    self._instance_tasks.setdefault(rec.instance_id, {})[task_id] = None
+                    self._instance_tasks.setdefault(rec["instance_id"], {})[task_id] = None
                     continue
-            elif status is _RUNNING:
+            elif status == _V_RUNNING:
                 if stored is not rec:
                     live[task_id] = rec
                 continue
             else:  # just finished
                 del live[task_id]
                 del running[task_id]
-                _discard(self._instance_tasks, rec.instance_id, task_id)
-                _discard(self._stops, rec.instance_id, task_id)
+                _discard(self._instance_tasks, rec["instance_id"], task_id)
+                _discard(self._stops, rec["instance_id"], task_id)
             by_status[status][task_id] = None
             done[task_id] = _pack(rec)
             finished.append(task_id)
@@ -251,7 +255,7 @@ class MemoryStore:
             excess -= 1
             del done[task_id]
             del order[task_id]
-            by_status[STATUS_BY_VALUE[packed[_P_STATUS]]].pop(task_id, None)
+            by_status[packed[_P_STATUS]].pop(task_id, None)
             if packed[_P_USER] is not None:
                 _discard(index.by_user, packed[_P_USER], task_id)
             if packed[_P_ITEM] is not None:
@@ -262,14 +266,10 @@ class MemoryStore:
     # -- reads ----------------------------------------------------------------
 
     def peek(self, task_id: str) -> TaskRecord | None:
-        """The record without a second copy, for the manager.
-
-        A running record is the owner's own object (the caller copies it before
-        handing it on); a terminal one is unpacked for this call (the caller's).
-        """
+        """`get` without the coroutine, for the manager: a fresh record or None."""
         rec = self._live.get(task_id)
         if rec is not None:
-            return rec
+            return snapshot(rec)
         packed = self._done.get(task_id)
         if packed is None:
             return None
@@ -295,15 +295,11 @@ class MemoryStore:
             return None
         return STATUS_BY_VALUE[packed[_P_STATUS]], packed[_P_RESULT], _error(packed)
 
-    def _read(self, task_id: str) -> TaskRecord | None:
-        rec = self.peek(task_id)
-        return None if rec is None else own(rec)
-
     async def get(self, task_id: str) -> TaskRecord | None:
-        return self._read(task_id)
+        return self.peek(task_id)
 
     async def get_many(self, task_ids: Sequence[str]) -> list[TaskRecord | None]:
-        return [self._read(task_id) for task_id in task_ids]
+        return [self.peek(task_id) for task_id in task_ids]
 
     async def query(
         self,
@@ -324,7 +320,7 @@ class MemoryStore:
         if item_id is not None:
             candidates.append(self._index.by_item.get(item_id, {}))
         if status is not None:
-            candidates.append(self._index.by_status[TaskStatus(status)])
+            candidates.append(self._index.by_status[TaskStatus(status).value])
         if candidates:
             smallest = candidates[0]
             for ids_of in candidates[1:]:
@@ -352,11 +348,11 @@ class MemoryStore:
             rec = live.get(task_id)
             if rec is not None:
                 if (
-                    (user_id is None or rec.user_id == user_id)
-                    and (item_id is None or rec.item_id == item_id)
-                    and (status is None or rec.status == status)
+                    (user_id is None or rec["user_id"] == user_id)
+                    and (item_id is None or rec["item_id"] == item_id)
+                    and (status is None or rec["status"] == status)
                 ):
-                    out.append(rec.copy())
+                    out.append(snapshot(rec))
                 continue
             packed = done[task_id]
             if (
@@ -387,25 +383,25 @@ class MemoryStore:
     async def request_stop(
         self, task_id: str, at: float, user_id: str | None = None
     ) -> TaskRecord | None:
-        rec = self._read(task_id)
+        rec = self.peek(task_id)
         if rec is None or (user_id is not None and rec.user_id != user_id):
             return None
         live = self._live.get(task_id)
-        if live is not None and live.stop_requested_at is None:
-            live.stop_requested_at = rec.stop_requested_at = at
-            self._stops.setdefault(live.instance_id, {})[task_id] = None
+        if live is not None and live["stop_requested_at"] is None:
+            live["stop_requested_at"] = rec.stop_requested_at = at
+            self._stops.setdefault(live["instance_id"], {})[task_id] = None
         return rec
 
     async def pending_stops(self, instance_id: str) -> list[str]:
         return list(self._stops.get(instance_id, ()))
 
     async def heartbeat(
-        self, instance_id: str, ttl: float, running: Sequence[TaskRecord] | None = None
+        self, instance_id: str, ttl: float, running: Sequence[Live] | None = None
     ) -> bool:
         was_alive = self._alive.get(instance_id, 0.0) > time.monotonic()
         self._alive[instance_id] = time.monotonic() + ttl
         if running:
-            self.save_now(WriteBatch(records=[r for r in running if not r.is_terminal]))
+            self.save_now(WriteBatch(records=[r for r in running if r["status"] == _V_RUNNING]))
         if self._finished:
             self._evict(time.time())
         return was_alive
@@ -420,13 +416,13 @@ class MemoryStore:
             batch = WriteBatch(now=now)
             for task_id in self._instance_tasks.pop(instance_id, {}):
                 rec = self._live[task_id]
-                rec.status = TaskStatus.LOST
-                rec.finished_at = rec.updated_at = now
-                rec.error = TaskError(
+                rec["status"] = TaskStatus.LOST.value
+                rec["finished_at"] = rec["updated_at"] = now
+                rec["error"] = TaskError(
                     "TaskLost", f"task {task_id!r} was lost with its instance {instance_id!r}"
                 )
                 batch.records.append(rec)
-                lost.append(rec.copy())
+                lost.append(snapshot(rec))
             self.save_now(batch)
             self._stops.pop(instance_id, None)
         return lost

@@ -59,6 +59,8 @@ from .keys import Keys
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Sequence
 
+    from .._records import Live
+
 __all__ = ["RedisStore"]
 
 logger = logging.getLogger(__name__)
@@ -78,6 +80,7 @@ QUERY_BUDGET = 2000
 REAP_LOCK_MS = 30_000
 
 _RUNNING = TaskStatus.RUNNING
+_V_RUNNING = _RUNNING.value
 
 
 class _Script:
@@ -192,7 +195,7 @@ class RedisStore:
 
     def _save_commands(
         self,
-        records: Sequence[TaskRecord],
+        records: Sequence[Live],
         outputs: dict[str, list[OutputChunk]],
         now: float,
         notice: str | None = None,
@@ -335,7 +338,7 @@ class RedisStore:
         return sorted(text(t) for t in await self._call(operation))
 
     async def heartbeat(
-        self, instance_id: str, ttl: float, running: Sequence[TaskRecord] | None = None
+        self, instance_id: str, ttl: float, running: Sequence[Live] | None = None
     ) -> bool:
         keys = self.keys
         commands: list[list[Any]] = [
@@ -345,7 +348,7 @@ class RedisStore:
             ["SADD", keys.instances, instance_id],
         ]
         if running:
-            alive = [r for r in running if not r.is_terminal]
+            alive = [r for r in running if r["status"] == _V_RUNNING]
             if alive:
                 commands += self._save_commands(alive, {}, 0.0)
         replies = await self._pipeline(commands)
