@@ -14,7 +14,7 @@ import warnings
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from taskward._records import to_live
+from taskward._live import from_record as to_live
 from taskward.bus.memory import MemoryBus, MemoryHub
 from taskward.stores.base import WriteBatch
 from taskward.stores.memory import MemoryStore
@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator
 
     from taskward import OutputChunk, TaskManager, TaskRecord
-    from taskward._records import Live
+    from taskward._live import Live
 
 __all__ = [
     "Peers",

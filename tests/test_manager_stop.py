@@ -14,6 +14,7 @@ import pytest
 import taskward._stopping
 from helpers import Peers, forever, no_unawaited_coroutines, swallow, value
 from taskward import StopOutcome, StopResult, TaskManager, TaskRecord, TaskStatus
+from taskward._live import STOP_REQUESTED_AT
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -414,9 +415,14 @@ async def test_a_housekeeping_tick_cancels_a_stubborn_task_once(tm: TaskManager)
     started, release = asyncio.Event(), asyncio.Event()
     task_id = await tm.create_task(swallow(started, release))
     await started.wait()
-    await tm._store.request_stop(task_id, time.time())
     task = tm._tasks[task_id]
-    assert tm._local[task_id]["stop_requested_at"] is not None
-    await tm._keeper.reconcile_stops()
-    assert task.cancelling() == 1
-    release.set()
+    try:
+        await tm._store.request_stop(task_id, time.time())  # as another instance would
+        assert tm._local[task_id][STOP_REQUESTED_AT] is None  # the owner learns of it...
+        await tm._keeper.reconcile_stops()  # ...from its pending stops
+        assert tm._local[task_id][STOP_REQUESTED_AT] is not None
+        assert task.cancelling() == 1
+        await tm._keeper.reconcile_stops()  # now known here and in the store
+        assert task.cancelling() == 2
+    finally:
+        release.set()

@@ -9,16 +9,15 @@ from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ._records import Live
     from .manager import TaskManager
 
 __all__ = ["current_task_id", "emit", "report_progress"]
 
 logger = logging.getLogger(__name__)
 
-# Set by the wrapper that runs each task (its manager and live record); child
-# tasks inherit it.
-_current: ContextVar[tuple[TaskManager, Live] | None] = ContextVar("taskward_current", default=None)
+# Set by the wrapper that runs each task (its manager and task id); child tasks
+# inherit it.
+_current: ContextVar[tuple[TaskManager, str] | None] = ContextVar("taskward_current", default=None)
 
 MAX_PROGRESS_MESSAGE = 1_000
 
@@ -26,7 +25,7 @@ MAX_PROGRESS_MESSAGE = 1_000
 def current_task_id() -> str | None:
     """The id of the taskward task this code runs in, or None outside one."""
     current = _current.get()
-    return None if current is None else current[1]["task_id"]
+    return None if current is None else current[1]
 
 
 def report_progress(fraction: float, message: str | None = None) -> None:
@@ -47,8 +46,8 @@ def report_progress(fraction: float, message: str | None = None) -> None:
     if current is None:
         logger.debug("report_progress(%r) outside a taskward task: ignored", fraction)
         return
-    manager, rec = current
-    manager._on_progress(rec, float(fraction), message)
+    manager, task_id = current
+    manager._on_progress(task_id, float(fraction), message)
 
 
 def emit(data: Any) -> None:
@@ -64,5 +63,5 @@ def emit(data: Any) -> None:
     if current is None:
         logger.debug("emit() outside a taskward task: ignored")
         return
-    manager, rec = current
-    manager._on_output(rec, text)
+    manager, task_id = current
+    manager._on_output(task_id, text)

@@ -13,12 +13,21 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
+from ._live import (
+    ERROR_MESSAGE,
+    ERROR_TYPE,
+    FINISHED_AT,
+    STATUS,
+    STOP_REQUESTED_AT,
+    TASK_ID,
+    replace,
+)
 from ._records import TaskEvent, TaskStatus
 from ._stopping import STOP_REASON, stop_local
 from .errors import StoreUnavailable
 
 if TYPE_CHECKING:
-    from ._records import Live
+    from ._live import Live
     from .manager import TaskManager
 
 __all__ = ["Housekeeper"]
@@ -70,7 +79,7 @@ class Housekeeper:
         started = time.monotonic()
         if not manager._connected:
             tasks = self._started_tasks()
-            running = [rec for rec in tasks if rec["status"] == _V_RUNNING]
+            running = [rec for rec in tasks if rec[STATUS] == _V_RUNNING]
             was_alive = await store.heartbeat(manager.instance_id, manager.liveness_ttl, running)
             logger.warning("store reachable again: re-asserted %d running tasks", len(running))
             if not was_alive and manager._has_peers():
@@ -102,7 +111,7 @@ class Housekeeper:
         """
         manager = self._manager
         started = self._started_tasks()
-        running = [rec for rec in started if rec["status"] == _V_RUNNING]
+        running = [rec for rec in started if rec[STATUS] == _V_RUNNING]
         logger.warning("this instance's liveness had expired; checking %d tasks", len(started))
         await manager._store.heartbeat(manager.instance_id, manager.liveness_ttl, running)
         await self._settle_reaped(started, running)
@@ -119,17 +128,27 @@ class Housekeeper:
     async def _settle_reaped(self, started: list[Live], running: list[Live]) -> None:
         """Cancel the tasks that another instance marked terminal (lost) meanwhile."""
         manager = self._manager
-        stored = await manager._store.get_many([rec["task_id"] for rec in running])
+        local = manager._local
+        stored = await manager._store.get_many([rec[TASK_ID] for rec in running])
         for rec, now in zip(running, stored, strict=True):
-            if now is not None and now.status is not _RUNNING and rec["status"] == _V_RUNNING:
-                rec["status"], rec["error"] = now.status.value, now.error
-                rec["finished_at"] = now.finished_at
-        for rec in started:
-            status = rec["status"]
+            task_id = rec[TASK_ID]
+            if now is not None and now.status is not _RUNNING and local.get(task_id) is rec:
+                error = now.error
+                local[task_id] = replace(
+                    rec,
+                    {
+                        STATUS: now.status.value,
+                        FINISHED_AT: now.finished_at,
+                        ERROR_TYPE: None if error is None else error.type,
+                        ERROR_MESSAGE: None if error is None else error.message,
+                    },
+                )
+        for task_id in [rec[TASK_ID] for rec in started]:
+            rec = local[task_id]
+            status = rec[STATUS]
             if status != _V_RUNNING:
-                task_id = rec["task_id"]
                 logger.warning("task %s was marked %s elsewhere: cancelling it", task_id, status)
-                manager._cancel(rec, f"marked {status} while this instance was presumed dead")
+                manager._cancel(task_id, f"marked {status} while this instance was presumed dead")
                 manager._flusher.mark(rec)  # so it leaves the local table once written
                 manager._wake(task_id)
 
@@ -155,14 +174,10 @@ class Housekeeper:
         """Honour stop requests the bus did not deliver, or that a task swallowed."""
         manager = self._manager
         for rec in list(manager._local.values()):
-            if rec["status"] == _V_RUNNING and rec["stop_requested_at"] is not None:
-                manager._cancel(rec, STOP_REASON)  # asked before and still running: ask again
+            if rec[STATUS] == _V_RUNNING and rec[STOP_REQUESTED_AT] is not None:
+                manager._cancel(rec[TASK_ID], STOP_REASON)  # asked before, still running: again
         for task_id in await manager._store.pending_stops(manager.instance_id):
             live = manager._local.get(task_id)
             # One cancellation per tick: those known already were asked again above.
-            if (
-                live is not None
-                and live["status"] == _V_RUNNING
-                and live["stop_requested_at"] is None
-            ):
+            if live is not None and live[STATUS] == _V_RUNNING and live[STOP_REQUESTED_AT] is None:
                 stop_local(manager, live)

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from . import _envelopes as env
 from ._checks import check_positive, close_if_coroutine, is_coroutine
 from ._ids import check_id, check_optional_id
-from ._records import TaskError, TaskStatus, snapshot
+from ._records import TaskError, TaskStatus
 from .errors import TaskNotFound, TaskTimeout
 
 if TYPE_CHECKING:
@@ -126,12 +126,11 @@ async def execute(
         channel_id=channel_id,
         platform=platform,
     )
-    live = manager._local.get(task_id)
-    if live is not None and live["status"] == _RUNNING and wait_for > 0:
+    if task_id in manager._tasks and wait_for > 0:
         await asyncio.wait((manager._add_waiter(task_id),), timeout=wait_for)
-    # Not local any more: it finished and was written while create_task synced
-    # with a shared store.
-    rec = snapshot(live) if live is not None else await manager._lookup(task_id, None)
+    # Local, or (when it finished and was written while create_task synced with
+    # a shared store) from the store.
+    rec = await manager._lookup(task_id, None)
     if rec is None:
         return env.not_found_envelope(task_id)
     if rec.status is _RUNNING:

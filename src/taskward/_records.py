@@ -6,13 +6,12 @@ import enum
 import json
 from dataclasses import dataclass, field, fields
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, NotRequired, TypedDict
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
 __all__ = [
-    "Live",
     "OutputChunk",
     "StopOutcome",
     "StopResult",
@@ -157,98 +156,6 @@ class TaskRecord:
 _RECORD_FIELDS = tuple(f.name for f in fields(TaskRecord))
 
 
-class Live(TypedDict):
-    """A task's record as its owner keeps it while the task runs: a plain dict.
-
-    Not a `TaskRecord`: Python's cyclic garbage collector never tracks a dict
-    whose values are all strings, numbers and None, and a running task's record
-    is exactly that (the status is its string value, empty metadata is None,
-    the error and result only arrive with the end). So a hundred thousand tasks
-    in flight cost each full collection a hundred thousand objects less to walk
-    than record objects would (bench/lifecycle.py; see "Performance" in the
-    README). The owner mutates it in place; stores read it in `save()` and keep
-    running ones; every reader gets a `TaskRecord` made by `snapshot()`.
-    """
-
-    task_id: str
-    status: str  # a `TaskStatus` value
-    name: str
-    item_id: str | None
-    user_id: str | None
-    channel_id: str
-    platform: str
-    instance_id: str
-    created_at: float
-    started_at: float | None
-    updated_at: float
-    finished_at: float | None
-    result: Any
-    error: TaskError | None
-    progress: float | None
-    progress_message: str | None
-    metadata: dict[str, Any] | None  # None when empty
-    redirect: dict[str, Any] | None
-    stop_requested_at: float | None
-    max_runtime: float | None
-    # The owner's own bookkeeping, set when first needed.
-    seq: NotRequired[int]  # the last output chunk's seq
-    cancel_reason: NotRequired[str]
-
-
-def snapshot(rec: Live) -> TaskRecord:
-    """A `TaskRecord` of a live record as it is now: the caller's own copy."""
-    metadata = rec["metadata"]
-    redirect = rec["redirect"]
-    return TaskRecord(
-        rec["task_id"],
-        STATUS_BY_VALUE[rec["status"]],
-        rec["name"],
-        rec["item_id"],
-        rec["user_id"],
-        rec["channel_id"],
-        rec["platform"],
-        rec["instance_id"],
-        rec["created_at"],
-        rec["started_at"],
-        rec["updated_at"],
-        rec["finished_at"],
-        rec["result"],
-        rec["error"],
-        rec["progress"],
-        rec["progress_message"],
-        EMPTY if metadata is None else dict(metadata),
-        None if redirect is None else dict(redirect),
-        rec["stop_requested_at"],
-        rec["max_runtime"],
-    )
-
-
-def to_live(rec: TaskRecord) -> Live:
-    """The live form of a record: what a store's `save()` reads (for stores and their tests)."""
-    return Live(
-        task_id=rec.task_id,
-        status=rec.status.value,
-        name=rec.name,
-        item_id=rec.item_id,
-        user_id=rec.user_id,
-        channel_id=rec.channel_id,
-        platform=rec.platform,
-        instance_id=rec.instance_id,
-        created_at=rec.created_at,
-        started_at=rec.started_at,
-        updated_at=rec.updated_at,
-        finished_at=rec.finished_at,
-        result=rec.result,
-        error=rec.error,
-        progress=rec.progress,
-        progress_message=rec.progress_message,
-        metadata=dict(rec.metadata) if rec.metadata else None,
-        redirect=None if rec.redirect is None else dict(rec.redirect),
-        stop_requested_at=rec.stop_requested_at,
-        max_runtime=rec.max_runtime,
-    )
-
-
 @dataclass(slots=True, frozen=True)
 class OutputChunk:
     """One piece of a task's output stream; `seq` is the cursor after it."""
@@ -281,29 +188,6 @@ class TaskEvent:
     def of(cls, kind: str, rec: TaskRecord, at: float) -> TaskEvent:
         """An event carrying `rec` (a snapshot the event keeps)."""
         return cls(kind, rec.task_id, rec.status, at, rec.user_id, rec.item_id, rec)
-
-    @classmethod
-    def of_live(
-        cls,
-        kind: str,
-        rec: Live,
-        at: float,
-        record: TaskRecord | None = None,
-        data: str | None = None,
-        seq: int | None = None,
-    ) -> TaskEvent:
-        """An event about a live record, carrying `record` (a snapshot, or None)."""
-        return cls(
-            kind,
-            rec["task_id"],
-            STATUS_BY_VALUE[rec["status"]],
-            at,
-            rec["user_id"],
-            rec["item_id"],
-            record,
-            data,
-            seq,
-        )
 
 
 class StopOutcome(enum.StrEnum):

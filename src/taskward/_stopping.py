@@ -12,11 +12,13 @@ import asyncio
 import time
 from typing import TYPE_CHECKING
 
+from ._live import ITEM_ID, STATUS, STOP_REQUESTED_AT, TASK_ID, USER_ID
 from ._records import STATUS_BY_VALUE, StopOutcome, StopResult, TaskStatus
 from ._sync import SYNC_TIMEOUT, unwait
 
 if TYPE_CHECKING:
-    from ._records import Live, TaskEvent, TaskRecord
+    from ._live import Live
+    from ._records import TaskEvent, TaskRecord
     from .manager import TaskManager
 
 __all__ = [
@@ -56,19 +58,19 @@ async def stop_task(manager: TaskManager, task_id: str, user_id: str | None) -> 
     """`TaskManager.stop_task` once its arguments are checked and the manager started."""
     rec = manager._local.get(task_id)
     if rec is not None:
-        if user_id is not None and rec["user_id"] != user_id:
+        if user_id is not None and rec[USER_ID] != user_id:
             return StopResult(task_id, StopOutcome.NOT_FOUND)
-        if rec["status"] != _V_RUNNING:
-            return StopResult(task_id, StopOutcome.ALREADY_FINISHED, STATUS_BY_VALUE[rec["status"]])
-        stop_local(manager, rec)
-        requested_at = rec["stop_requested_at"]
-        if manager._get_now is None and manager._connected and requested_at is not None:
+        if rec[STATUS] != _V_RUNNING:
+            return StopResult(task_id, StopOutcome.ALREADY_FINISHED, STATUS_BY_VALUE[rec[STATUS]])
+        requested_at = stop_local(manager, rec)
+        if manager._get_now is None and manager._connected:
             # Leave the same durable trace as a stop from elsewhere, in the
             # background: a stop here must work while the store is away.
             manager._background(manager._store.request_stop(task_id, requested_at))
-        if rec["status"] == _V_RUNNING:
+        now = manager._local.get(task_id)
+        if now is not None and now[STATUS] == _V_RUNNING:
             await asyncio.wait((manager._add_waiter(task_id),), timeout=manager.stop_timeout)
-        outcome = stop_outcome_of(task_id, STATUS_BY_VALUE[rec["status"]])
+        outcome = stop_outcome(task_id, await manager._lookup(task_id, None))
         await manager._flusher.sync(SYNC_TIMEOUT)  # what we answer is what others read
         return outcome
     # Listen for the finish before asking, so the confirmation cannot slip by.
@@ -101,13 +103,19 @@ async def _confirm_remote_stop(
     return stop_outcome(task_id, await manager._store.get(task_id))
 
 
-def stop_local(manager: TaskManager, rec: Live) -> None:
-    """Stop a task of this instance: note the request (once), then cancel it."""
-    if rec["stop_requested_at"] is None:
-        rec["stop_requested_at"] = now = _time()
+def stop_local(manager: TaskManager, rec: Live) -> float:
+    """Stop a task of this instance: note the request (once), then cancel it.
+
+    Returns when the stop was first requested.
+    """
+    requested_at: float | None = rec[STOP_REQUESTED_AT]
+    if requested_at is None:
+        requested_at = _time()
+        rec = manager._update(rec, {STOP_REQUESTED_AT: requested_at})
         if manager._streams or not manager._alone:
-            manager._emit("stop_requested", rec, now)
-    manager._cancel(rec, STOP_REASON)
+            manager._emit("stop_requested", rec, requested_at)
+    manager._cancel(rec[TASK_ID], STOP_REASON)
+    return requested_at
 
 
 async def stop_item_tasks(
@@ -139,14 +147,13 @@ async def stop_item_tasks(
 
 def fence_new_task(manager: TaskManager, rec: Live) -> None:
     """A task created here on an item that is being stopped is stopped at once."""
-    for fence in manager._fences[rec["item_id"] or ""]:
-        if fence.user_id is None or fence.user_id == rec["user_id"]:
-            rec["stop_requested_at"] = _time()
-            manager._cancel(rec, STOP_REASON)  # not started yet: recorded cancelled right here
-            task_id = rec["task_id"]
-            fence.results[task_id] = StopResult(
-                task_id, StopOutcome.CANCELLED, STATUS_BY_VALUE[rec["status"]]
-            )
+    for fence in manager._fences[rec[ITEM_ID] or ""]:
+        if fence.user_id is None or fence.user_id == rec[USER_ID]:
+            task_id = rec[TASK_ID]
+            manager._update(rec, {STOP_REQUESTED_AT: _time()})
+            manager._cancel(task_id, STOP_REASON)  # not started yet: recorded cancelled right here
+            status = STATUS_BY_VALUE[manager._local[task_id][STATUS]]
+            fence.results[task_id] = StopResult(task_id, StopOutcome.CANCELLED, status)
             return
 
 

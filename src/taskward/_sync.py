@@ -15,11 +15,13 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
+from ._live import TASK_ID
 from .errors import StoreUnavailable
 from .stores.base import WriteBatch
 
 if TYPE_CHECKING:
-    from ._records import Live, OutputChunk, TaskEvent
+    from ._live import Live
+    from ._records import OutputChunk, TaskEvent
     from .manager import TaskManager
 
 __all__ = ["SYNC_TIMEOUT", "Flusher", "cancel_and_wait", "unwait", "wake_all"]
@@ -56,7 +58,7 @@ class Flusher:
         self._task = asyncio.create_task(self._run(), name="taskward-flusher")
 
     def mark(self, rec: Live) -> None:
-        self._dirty[rec["task_id"]] = rec
+        self._dirty[rec[TASK_ID]] = rec
         if not self._kicked:
             self._kicked = True
             self._wakeup.set()
@@ -170,7 +172,7 @@ class Flusher:
         events: list[TaskEvent],
     ) -> None:
         newer = self._dirty
-        self._dirty = {rec["task_id"]: rec for rec in records}
+        self._dirty = {rec[TASK_ID]: rec for rec in records}
         self._dirty.update(newer)
         for task_id, chunks in self._outputs.items():
             outputs.setdefault(task_id, []).extend(chunks)
@@ -189,6 +191,14 @@ class Flusher:
                     await self.sync()
             except TimeoutError:
                 break
+        save_now = getattr(self._manager._store, "save_now", None)
+        if save_now is not None and (self._dirty or self._outputs) and self._online.is_set():
+            # A store in this process writes without waiting: no deadline is too short.
+            records = list(self._dirty.values())
+            outputs, self._outputs = self._outputs, {}
+            self._dirty = {}
+            save_now(WriteBatch(records, outputs, time.time()))
+            self._manager._forget(records)
         if self._dirty or self._outputs:
             logger.error(
                 "closing with %d task records and %d output streams not written",

@@ -31,7 +31,22 @@ from ._context import _current
 from ._events import EventStream
 from ._housekeeping import Housekeeper
 from ._ids import check_id, check_optional_id, default_instance_id, new_task_id
-from ._records import Live, OutputChunk, TaskError, TaskEvent, TaskRecord, TaskStatus, snapshot
+from ._live import (
+    FINISHED_AT,
+    MAX_RUNTIME,
+    NAME,
+    PROGRESS,
+    PROGRESS_MESSAGE,
+    STATUS,
+    TASK_ID,
+    UPDATED_AT,
+    Live,
+    event_of,
+    finished,
+    replace,
+    snapshot,
+)
+from ._records import OutputChunk, TaskError, TaskEvent, TaskRecord, TaskStatus
 from ._stopping import fence_new_task, stop_local
 from ._sync import SYNC_TIMEOUT, Flusher, cancel_and_wait, unwait, wake_all
 from .bus.memory import MemoryBus
@@ -76,34 +91,33 @@ WAIT_POLL = 2.0
 CLOSE_REASON = "manager closed"
 
 
-async def _run(manager: TaskManager, rec: Live, coro: Coroutine[Any, Any, Any]) -> Any:
+async def _run(manager: TaskManager, task_id: str, coro: Coroutine[Any, Any, Any]) -> Any:
     """What each task's `asyncio.Task` runs: the coroutine, then its outcome recorded.
 
     Few locals on purpose: this frame lives as long as the task, so its size is
     memory (and garbage-collector work) per running task. `TaskManager._cancel`
     reads `coro` from this frame while it has not started.
     """
-    _current.set((manager, rec))
+    _current.set((manager, task_id))
     try:
-        result = await coro if rec["max_runtime"] is None else await _run_limited(rec, coro)
+        limit = manager._local[task_id][MAX_RUNTIME]
+        result = await coro if limit is None else await _run_limited(task_id, limit, coro)
     except BaseException as exc:
-        if manager._failed(rec, exc):
+        if manager._failed(task_id, exc):
             raise
         return None
-    manager._finish(rec, _V_COMPLETED, result, None)
+    manager._finish(task_id, _V_COMPLETED, result, None)
     return result
 
 
-async def _run_limited(rec: Live, coro: Coroutine[Any, Any, Any]) -> Any:
-    max_runtime = rec["max_runtime"]
-    assert max_runtime is not None  # checked by the caller; narrows the type
+async def _run_limited(task_id: str, max_runtime: float, coro: Coroutine[Any, Any, Any]) -> Any:
     scope = asyncio.timeout(max_runtime)
     try:
         async with scope:
             return await coro
     except TimeoutError:
         if scope.expired():
-            raise MaxRuntimeExceeded(rec["task_id"], max_runtime) from None
+            raise MaxRuntimeExceeded(task_id, max_runtime) from None
         raise
 
 
@@ -201,11 +215,14 @@ class TaskManager:
         self._state = _State.NEW
         self._started: asyncio.Future[None] | None = None
         # The tasks of this instance until their final state is written: records
-        # (plain dicts, see `Live`), the asyncio tasks of those not finished yet,
-        # and the futures of local waits for them.
+        # (tuples, see `_live.py`), the asyncio tasks of those not finished yet,
+        # and what few tasks need besides: futures of local waits, the reason
+        # they were cancelled for, the seq of their last output chunk.
         self._local: dict[str, Live] = {}
         self._tasks: dict[str, asyncio.Task[Any]] = {}
         self._waiters: dict[str, list[asyncio.Future[None]]] = {}
+        self._cancel_reasons: dict[str, str] = {}
+        self._seqs: dict[str, int] = {}
         # Futures of waits and stops for tasks of other instances, woken by their
         # `finished` event (the event is the result; None if woken otherwise).
         self._remote_waiters: dict[str, list[asyncio.Future[Any]]] = {}
@@ -323,23 +340,20 @@ class TaskManager:
         if not running:
             return
         logger.info("closing: cancelling %d running tasks", len(running))
-        for rec in list(self._local.values()):
-            task = self._tasks.get(rec["task_id"])
-            if task is not None and not task.done():
-                self._cancel(rec, CLOSE_REASON)
+        for task_id, task in list(self._tasks.items()):
+            if not task.done():
+                self._cancel(task_id, CLOSE_REASON)
         if self.shutdown_timeout > 0:
             await asyncio.wait(running, timeout=self.shutdown_timeout)
         else:
             await asyncio.sleep(0)  # one turn to take the cancellation, no more
         for rec in list(self._local.values()):
-            if rec["status"] == _V_RUNNING:
+            if rec[STATUS] == _V_RUNNING:
                 logger.warning(
-                    "task %s (%s) ignored cancellation; abandoned as lost",
-                    rec["task_id"],
-                    rec["name"],
+                    "task %s (%s) ignored cancellation; abandoned as lost", rec[TASK_ID], rec[NAME]
                 )
                 self._finish(
-                    rec,
+                    rec[TASK_ID],
                     _V_LOST,
                     None,
                     TaskError("TaskLost", "did not stop within the shutdown deadline"),
@@ -403,30 +417,31 @@ class TaskManager:
         now = _time()
         if task_id is None:
             task_id = new_task_id()
-        rec: Live = {
-            "task_id": task_id,
-            "status": _V_RUNNING,
-            "name": name or "",
-            "item_id": item_id,
-            "user_id": user_id,
-            "channel_id": channel_id,
-            "platform": platform,
-            "instance_id": self.instance_id,
-            "created_at": now,
-            "started_at": now,
-            "updated_at": now,
-            "finished_at": None,
-            "result": None,
-            "error": None,
-            "progress": None,
-            "progress_message": None,
-            "metadata": dict(metadata) if metadata else None,
-            "redirect": None,
-            "stop_requested_at": None,
-            "max_runtime": max_runtime,
-        }
+        rec: Live = (
+            task_id,
+            _V_RUNNING,
+            name or "",
+            item_id,
+            user_id,
+            channel_id,
+            platform,
+            self.instance_id,
+            now,  # created
+            now,  # started
+            now,  # updated
+            None,  # finished
+            None,  # result
+            None,  # error type
+            None,  # error message
+            None,  # progress
+            None,  # progress message
+            dict(metadata) if metadata else None,
+            None,  # redirect
+            None,  # stop requested
+            max_runtime,
+        )
         self._local[task_id] = rec
-        self._tasks[task_id] = self._spawn(_run(self, rec, coro))
+        self._tasks[task_id] = self._spawn(_run(self, task_id, coro))
         self._mark(rec)
         if self._streams or not self._alone:  # a listener is possible
             self._emit("created", rec, now)
@@ -444,35 +459,39 @@ class TaskManager:
         if await self._lookup(task_id, None) is not None:
             raise TaskIdInUse(task_id)
 
-    def _failed(self, rec: Live, exc: BaseException) -> bool:
+    def _failed(self, task_id: str, exc: BaseException) -> bool:
         """Record how the task ended on `exc`; True if `exc` must go on (cancellation, exits)."""
         if isinstance(exc, asyncio.CancelledError):
-            reason = rec.get("cancel_reason", "cancelled")
-            self._finish(rec, _V_CANCELLED, None, TaskError("CancelledError", reason))
+            reason = self._cancel_reasons.get(task_id, "cancelled")
+            self._finish(task_id, _V_CANCELLED, None, TaskError("CancelledError", reason))
             return True
         if isinstance(exc, MaxRuntimeExceeded):
-            self._finish(rec, _V_CANCELLED, None, TaskError.from_exception(exc))
+            self._finish(task_id, _V_CANCELLED, None, TaskError.from_exception(exc))
             return False
         # A task's failure is its outcome, not ours; SystemExit and KeyboardInterrupt
         # are recorded, then let go.
-        self._finish(rec, _V_FAILED, None, TaskError.from_exception(exc))
+        self._finish(task_id, _V_FAILED, None, TaskError.from_exception(exc))
         return not isinstance(exc, Exception)
 
-    def _finish(self, rec: Live, status: str, result: Any, error: TaskError | None) -> None:
+    def _finish(self, task_id: str, status: str, result: Any, error: TaskError | None) -> None:
         """Record the end of a task (`status` is a terminal value); the first end counts."""
-        task_id = rec["task_id"]
         self._tasks.pop(task_id, None)
-        if rec["status"] != _V_RUNNING:
+        rec = self._local.get(task_id)
+        if rec is None or rec[STATUS] != _V_RUNNING:
             return  # terminal states never change
-        rec["status"] = status
-        rec["result"] = result
-        rec["error"] = error
-        rec["finished_at"] = rec["updated_at"] = now = _time()
+        now = _time()
+        self._local[task_id] = rec = finished(rec, status, result, error, now)
         self._mark(rec)
         if self._waiters:
             self._wake(task_id)
         if self._streams or not self._alone:  # a listener is possible
             self._emit("finished", rec, now)
+
+    def _update(self, rec: Live, changes: dict[int, Any]) -> Live:
+        """Change a task's record (a new tuple) and mark it for the next flush."""
+        self._local[rec[TASK_ID]] = rec = replace(rec, changes)
+        self._mark(rec)
+        return rec
 
     def _wake(self, task_id: str) -> None:
         """Wake the local waits for a task (it finished, or was found finished)."""
@@ -490,12 +509,12 @@ class TaskManager:
             waiters.append(fut)
         return fut
 
-    def _cancel(self, rec: Live, reason: str) -> None:
+    def _cancel(self, task_id: str, reason: str) -> None:
         """Cancel a task of this instance; one that never got to run is finished right here."""
-        rec["cancel_reason"] = reason
-        task = self._tasks.get(rec["task_id"])
+        task = self._tasks.get(task_id)
         if task is None:
             return  # finished already
+        self._cancel_reasons[task_id] = reason
         task.cancel()
         wrapper = task.get_coro()
         if (
@@ -505,7 +524,7 @@ class TaskManager:
             # Not started: its wrapper will never run its body, so record the outcome
             # now and close the coroutine (no "never awaited" warning).
             inspect.getcoroutinelocals(wrapper)["coro"].close()
-            self._finish(rec, _V_CANCELLED, None, TaskError("CancelledError", reason))
+            self._finish(task_id, _V_CANCELLED, None, TaskError("CancelledError", reason))
 
     def _forget(self, records: Iterable[Live]) -> None:
         """Drop local records of tasks whose final state is now in the store.
@@ -518,34 +537,42 @@ class TaskManager:
         """
         local = self._local
         recent = self._recent
+        extras = self._cancel_reasons or self._seqs
         for rec in records:
-            if rec["status"] != _V_RUNNING:
-                task_id = rec["task_id"]
+            if rec[STATUS] != _V_RUNNING:
+                task_id = rec[TASK_ID]
                 if local.get(task_id) is rec:
                     del local[task_id]
                     if recent is not None:
                         recent[task_id] = rec
+                    if extras:
+                        self._cancel_reasons.pop(task_id, None)
+                        self._seqs.pop(task_id, None)
         if recent is not None:
             while len(recent) > self._recent_limit:
                 recent.popitem(last=False)
 
     # -- progress and output (called through taskward.report_progress / emit) ---
 
-    def _on_progress(self, rec: Live, fraction: float, message: str | None) -> None:
-        if rec["status"] != _V_RUNNING:
+    def _on_progress(self, task_id: str, fraction: float, message: str | None) -> None:
+        rec = self._local.get(task_id)
+        if rec is None or rec[STATUS] != _V_RUNNING:
             return
-        rec["progress"] = fraction
+        now = _time()
+        changes: dict[int, Any] = {PROGRESS: fraction, UPDATED_AT: now}
         if message is not None:
-            rec["progress_message"] = message
-        rec["updated_at"] = now = _time()
-        self._mark(rec)
+            changes[PROGRESS_MESSAGE] = message
+        rec = self._update(rec, changes)
         if self._streams or not self._alone:  # a listener is possible
             self._emit("progress", rec, now)
 
-    def _on_output(self, rec: Live, text: str) -> None:
-        rec["seq"] = seq = rec.get("seq", 0) + 1
+    def _on_output(self, task_id: str, text: str) -> None:
+        rec = self._local.get(task_id)
+        if rec is None:
+            return  # written and forgotten: nothing may be added any more
+        self._seqs[task_id] = seq = self._seqs.get(task_id, 0) + 1
         now = _time()
-        self._flusher.add_output(rec["task_id"], OutputChunk(seq, text, now))
+        self._flusher.add_output(task_id, OutputChunk(seq, text, now))
         if self._streams or not self._alone:  # a listener is possible
             self._emit("output", rec, now, text, seq)
 
@@ -595,15 +622,13 @@ class TaskManager:
         """
         with_record = data is None
         if self._streams:
-            event = TaskEvent.of_live(
-                kind, rec, at, snapshot(rec) if with_record else None, data, seq
-            )
+            event = event_of(kind, rec, at, snapshot(rec) if with_record else None, data, seq)
             for stream in self._streams:
                 if stream.matches(event):
                     stream.push(event)
         if self._has_peers():
             self._flusher.add_event(
-                TaskEvent.of_live(kind, rec, at, snapshot(rec) if with_record else None, data, seq)
+                event_of(kind, rec, at, snapshot(rec) if with_record else None, data, seq)
             )
 
     # Bus callbacks ---------------------------------------------------------------
@@ -627,7 +652,7 @@ class TaskManager:
             logger.warning("ignoring unknown command %r", command.get("op"))
             return
         rec = self._local.get(str(command.get("task_id")))
-        if rec is not None and rec["status"] == _V_RUNNING:
+        if rec is not None and rec[STATUS] == _V_RUNNING:
             stop_local(self, rec)
 
     async def on_reconnect(self) -> None:
@@ -664,7 +689,7 @@ class TaskManager:
         rec = None if recent is None else recent.get(task_id)
         if rec is None:
             return None
-        if (rec["finished_at"] or 0.0) + self.retention.result_ttl < _time():
+        if (rec[FINISHED_AT] or 0.0) + self.retention.result_ttl < _time():
             del recent[task_id]  # type: ignore[union-attr]  # recent is set when rec is
             return None
         return snapshot(rec)
@@ -740,9 +765,10 @@ class TaskManager:
         while True:
             live = self._local.get(task_id)
             if live is not None:
-                if live["status"] == _V_RUNNING:
-                    await self._add_waiter(task_id)
-                return snapshot(live)
+                if live[STATUS] != _V_RUNNING:
+                    return snapshot(live)
+                await self._add_waiter(task_id)
+                continue  # a new record now, here or (written) in the store
             fut = asyncio.get_running_loop().create_future()
             self._remote_waiters.setdefault(task_id, []).append(fut)
             try:
@@ -912,4 +938,4 @@ class TaskManager:
     @property
     def running_count(self) -> int:
         """Tasks of this instance that have not finished yet."""
-        return sum(rec["status"] == _V_RUNNING for rec in self._local.values())
+        return sum(rec[STATUS] == _V_RUNNING for rec in self._local.values())

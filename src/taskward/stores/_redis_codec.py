@@ -32,12 +32,34 @@ import binascii
 import json
 from typing import TYPE_CHECKING, Any
 
+from .._live import (
+    CHANNEL_ID,
+    CREATED_AT,
+    ERROR_MESSAGE,
+    ERROR_TYPE,
+    FINISHED_AT,
+    INSTANCE_ID,
+    ITEM_ID,
+    MAX_RUNTIME,
+    METADATA,
+    NAME,
+    PLATFORM,
+    PROGRESS,
+    PROGRESS_MESSAGE,
+    REDIRECT,
+    RESULT,
+    STARTED_AT,
+    STATUS,
+    TASK_ID,
+    UPDATED_AT,
+    USER_ID,
+)
 from .._records import STATUS_BY_VALUE, OutputChunk, TaskError, TaskRecord, TaskStatus, dump_json
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
-    from .._records import Live
+    from .._live import Live
 
 __all__ = [
     "decode_chunk",
@@ -66,12 +88,12 @@ def encode_record(rec: Live) -> list[Any]:
     value, ...], [field to delete, ...]]``, every value a string (so Lua never
     rounds a float). Never writes ``sr``: only `request_stop` does.
     """
-    status = rec["status"]
-    created = repr(rec["created_at"])
-    updated = rec["updated_at"]
-    pairs = ["s", status, "o", rec["instance_id"], "ca", created, "ua", repr(updated)]
+    status = rec[STATUS]
+    created = repr(rec[CREATED_AT])
+    updated = rec[UPDATED_AT]
+    pairs = ["s", status, "o", rec[INSTANCE_ID], "ca", created, "ua", repr(updated)]
     absent: list[str] = []
-    user, item = rec["user_id"], rec["item_id"]
+    user, item = rec[USER_ID], rec[ITEM_ID]
     if item is not None:
         pairs += ("i", item)
     else:
@@ -80,42 +102,42 @@ def encode_record(rec: Live) -> list[Any]:
         pairs += ("u", user)
     else:
         absent.append("u")
-    if rec["name"]:
-        pairs += ("n", rec["name"])
-    if rec["channel_id"]:
-        pairs += ("c", rec["channel_id"])
-    if rec["platform"]:
-        pairs += ("p", rec["platform"])
-    done = rec["finished_at"]
+    if rec[NAME]:
+        pairs += ("n", rec[NAME])
+    if rec[CHANNEL_ID]:
+        pairs += ("c", rec[CHANNEL_ID])
+    if rec[PLATFORM]:
+        pairs += ("p", rec[PLATFORM])
+    done = rec[FINISHED_AT]
     for field, value in (
-        ("sa", rec["started_at"]),
+        ("sa", rec[STARTED_AT]),
         ("fa", done),
-        ("pg", rec["progress"]),
-        ("mr", rec["max_runtime"]),
+        ("pg", rec[PROGRESS]),
+        ("mr", rec[MAX_RUNTIME]),
     ):
         if value is not None:
             pairs += (field, repr(value))
         else:
             absent.append(field)
-    if rec["progress_message"] is not None:
-        pairs += ("pm", rec["progress_message"])
+    if rec[PROGRESS_MESSAGE] is not None:
+        pairs += ("pm", rec[PROGRESS_MESSAGE])
     else:
         absent.append("pm")
-    if rec["result"] is not None:
-        pairs += ("r", dump_json(rec["result"]))
+    if rec[RESULT] is not None:
+        pairs += ("r", dump_json(rec[RESULT]))
     else:
         absent.append("r")
-    error = rec["error"]
-    if error is not None:
-        pairs += ("e", dump_json([error.type, error.message]))
+    error_type = rec[ERROR_TYPE]
+    if error_type is not None:
+        pairs += ("e", dump_json([error_type, rec[ERROR_MESSAGE]]))
     else:
         absent.append("e")
-    if rec["metadata"]:
-        pairs += ("m", dump_json(rec["metadata"]))
+    if rec[METADATA]:
+        pairs += ("m", dump_json(rec[METADATA]))
     else:
         absent.append("m")
-    if rec["redirect"] is not None:
-        pairs += ("rd", dump_json(rec["redirect"]))
+    if rec[REDIRECT] is not None:
+        pairs += ("rd", dump_json(rec[REDIRECT]))
     else:
         absent.append("rd")
     if status == _V_RUNNING:
@@ -123,11 +145,11 @@ def encode_record(rec: Live) -> list[Any]:
     else:
         finish = repr(done if done is not None else updated)
     return [
-        rec["task_id"],
+        rec[TASK_ID],
         status,
         user or "",
         item or "",
-        rec["instance_id"],
+        rec[INSTANCE_ID],
         created,
         finish,
         pairs,

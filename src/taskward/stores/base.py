@@ -9,7 +9,7 @@ in that turn; stores keep these writes cheap by batching them (one pipeline).
 Records passed to `save()` are the owners' live records (`Live`, plain dicts
 that the owner goes on changing): a store must read what it needs from them
 before its first `await`, and must never hand them out; reads return fresh
-`TaskRecord`s. `taskward._records.to_live` turns a `TaskRecord` into one.
+`TaskRecord`s. `taskward._live.from_record` turns a `TaskRecord` into one.
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ from .._checks import check_int, check_positive
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from .._records import Live, OutputChunk, TaskRecord, TaskStatus
+    from .._live import Live
+    from .._records import OutputChunk, TaskRecord, TaskStatus
 
 __all__ = ["Page", "Retention", "Store", "WriteBatch"]
 

@@ -1,14 +1,19 @@
 """The in-process store: the default, no server needed.
 
-Records live in dicts; the owners' live records are kept while their tasks run
-(they are the truth in one process) and every read returns a fresh record. Indexes are insertion
-ordered dicts (creation order), so listing walks an index, never every record.
-Finished records sit in a queue ordered by finish time and are evicted by age
+Records live in dicts as the owners' live records (plain tuples, see
+`_live.py`), running and terminal alike: they are the truth in one process, and
+every read returns a fresh `TaskRecord`. The garbage collector stops tracking
+such a tuple (when its result is a plain value too), so thousands of kept
+results cost a full collection nothing. Indexes are insertion ordered dicts
+(creation order), so listing walks an index, never every record. Finished
+records sit in a queue ordered by finish time and are evicted by age
 (`result_ttl`) and count (`max_finished`), taking their index entries and output
 with them: memory stays flat under endless load.
 
 One `MemoryStore` may be shared by several managers in a process (each an
-"instance"); liveness then works as in Redis, with deadlines instead of TTLs.
+"instance"); liveness then works as in Redis, with deadlines instead of TTLs,
+and so do stop requests: the store keeps a request on its copy of the record
+(an owner's later writes do not erase it) and in the owner's pending stops.
 """
 
 from __future__ import annotations
@@ -17,26 +22,33 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-from .._records import (
-    EMPTY,
-    STATUS_BY_VALUE,
-    OutputChunk,
-    TaskError,
-    TaskRecord,
-    TaskStatus,
+from .._live import (
+    ERROR_MESSAGE,
+    ERROR_TYPE,
+    FINISHED_AT,
+    INSTANCE_ID,
+    ITEM_ID,
+    RESULT,
+    STATUS,
+    STOP_REQUESTED_AT,
+    TASK_ID,
+    UPDATED_AT,
+    USER_ID,
+    Live,
+    error_of,
+    replace,
     snapshot,
 )
+from .._records import STATUS_BY_VALUE, OutputChunk, TaskRecord, TaskStatus
 from .base import Page, Retention, WriteBatch
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from .._records import Live
-
 __all__ = ["MemoryStore"]
 
-_RUNNING = TaskStatus.RUNNING
-_V_RUNNING = _RUNNING.value
+_V_RUNNING = TaskStatus.RUNNING.value
+_V_LOST = TaskStatus.LOST.value
 
 
 class _Index:
@@ -58,105 +70,13 @@ def _discard(index: dict[str, dict[str, None]], key: str, task_id: str) -> None:
             del index[key]
 
 
-# A terminal record is kept packed: a plain tuple of strings, numbers and the
-# result. The garbage collector stops tracking such a tuple (when the result is a
-# plain value too), so thousands of kept results cost a full collection nothing,
-# where as many record objects made every one of them walk all of those records
-# (bench/lifecycle.py: the retained results of a 100k round were a fifth of the
-# next round's time). Reads unpack a fresh record, which is the caller's copy.
-_Packed = tuple[Any, ...]
-# Positions in a packed record that the store reads without unpacking.
-_P_STATUS, _P_ITEM, _P_USER, _P_FINISHED_AT, _P_RESULT, _P_ERROR_TYPE = 1, 3, 4, 11, 12, 13
-
-
-def _pack(rec: Live) -> _Packed:
-    error = rec["error"]
-    redirect = rec["redirect"]
-    return (
-        rec["task_id"],
-        rec["status"],
-        rec["name"],
-        rec["item_id"],
-        rec["user_id"],
-        rec["channel_id"],
-        rec["platform"],
-        rec["instance_id"],
-        rec["created_at"],
-        rec["started_at"],
-        rec["updated_at"],
-        rec["finished_at"],
-        rec["result"],
-        None if error is None else error.type,
-        None if error is None else error.message,
-        rec["progress"],
-        rec["progress_message"],
-        rec["metadata"],  # a terminal record's metadata never changes
-        None if redirect is None else dict(redirect),
-        rec["stop_requested_at"],
-        rec["max_runtime"],
-    )
-
-
-def _error(packed: _Packed) -> TaskError | None:
-    error_type = packed[_P_ERROR_TYPE]
-    return None if error_type is None else TaskError(error_type, packed[_P_ERROR_TYPE + 1])
-
-
-def _unpack(packed: _Packed) -> TaskRecord:
-    (
-        task_id,
-        status,
-        name,
-        item_id,
-        user_id,
-        channel_id,
-        platform,
-        instance_id,
-        created_at,
-        started_at,
-        updated_at,
-        finished_at,
-        result,
-        _,  # the error, read by `_error`
-        _,
-        progress,
-        progress_message,
-        metadata,
-        redirect,
-        stop_requested_at,
-        max_runtime,
-    ) = packed
-    return TaskRecord(
-        task_id,
-        STATUS_BY_VALUE[status],
-        name,
-        item_id,
-        user_id,
-        channel_id,
-        platform,
-        instance_id,
-        created_at,
-        started_at,
-        updated_at,
-        finished_at,
-        result,
-        _error(packed),
-        progress,
-        progress_message,
-        EMPTY if metadata is None else dict(metadata),
-        None if redirect is None else dict(redirect),
-        stop_requested_at,
-        max_runtime,
-    )
-
-
 class MemoryStore:
     """A `Store` in this process's memory."""
 
     def __init__(self, retention: Retention | None = None) -> None:
         self.retention = retention or Retention()
-        self._live: dict[str, Live] = {}  # running: the owners' own records
-        self._done: dict[str, _Packed] = {}  # terminal, packed
+        self._live: dict[str, Live] = {}  # running
+        self._done: dict[str, Live] = {}  # terminal
         self._index = _Index()
         self._finished: deque[str] = deque()  # terminal task ids, oldest finished first
         self._order: dict[str, int] = {}  # task id -> position in creation order (the cursor)
@@ -195,36 +115,39 @@ class MemoryStore:
         finished = self._finished
         seq = self._seq
         for rec in batch.records:
-            task_id = rec["task_id"]
-            status = rec["status"]
+            task_id = rec[TASK_ID]
+            status = rec[STATUS]
             if task_id in done:
                 continue  # terminal states never change
             stored = live.get(task_id)
             if stored is None:  # new here
                 seq += 1
                 order[task_id] = seq
-                user_id = rec["user_id"]
+                user_id = rec[USER_ID]
                 if user_id is not None:
                     index.by_user.setdefault(user_id, {})[task_id] = None
-                item_id = rec["item_id"]
+                item_id = rec[ITEM_ID]
                 if item_id is not None:
                     index.by_item.setdefault(item_id, {})[task_id] = None
                 if status == _V_RUNNING:
                     live[task_id] = rec
                     running[task_id] = None
-                    self._instance_tasks.setdefault(rec["instance_id"], {})[task_id] = None
+                    self._instance_tasks.setdefault(rec[INSTANCE_ID], {})[task_id] = None
                     continue
-            elif status == _V_RUNNING:
-                if stored is not rec:
+            else:
+                if stored[STOP_REQUESTED_AT] is not None and rec[STOP_REQUESTED_AT] is None:
+                    # Asked here, not yet seen by the owner: the request stays.
+                    rec = replace(rec, {STOP_REQUESTED_AT: stored[STOP_REQUESTED_AT]})
+                if status == _V_RUNNING:
                     live[task_id] = rec
-                continue
-            else:  # just finished
+                    continue
+                # just finished
                 del live[task_id]
                 del running[task_id]
-                _discard(self._instance_tasks, rec["instance_id"], task_id)
-                _discard(self._stops, rec["instance_id"], task_id)
+                _discard(self._instance_tasks, rec[INSTANCE_ID], task_id)
+                _discard(self._stops, rec[INSTANCE_ID], task_id)
             by_status[status][task_id] = None
-            done[task_id] = _pack(rec)
+            done[task_id] = rec
             finished.append(task_id)
         self._seq = seq
         for task_id, chunks in batch.outputs.items():
@@ -248,18 +171,18 @@ class MemoryStore:
         outputs = self._outputs
         while finished:
             task_id = finished[0]
-            packed = done[task_id]
-            if excess <= 0 and (packed[_P_FINISHED_AT] or 0.0) > cutoff:
+            rec = done[task_id]
+            if excess <= 0 and (rec[FINISHED_AT] or 0.0) > cutoff:
                 break
             finished.popleft()
             excess -= 1
             del done[task_id]
             del order[task_id]
-            by_status[packed[_P_STATUS]].pop(task_id, None)
-            if packed[_P_USER] is not None:
-                _discard(index.by_user, packed[_P_USER], task_id)
-            if packed[_P_ITEM] is not None:
-                _discard(index.by_item, packed[_P_ITEM], task_id)
+            by_status[rec[STATUS]].pop(task_id, None)
+            if rec[USER_ID] is not None:
+                _discard(index.by_user, rec[USER_ID], task_id)
+            if rec[ITEM_ID] is not None:
+                _discard(index.by_item, rec[ITEM_ID], task_id)
             if outputs:
                 outputs.pop(task_id, None)
 
@@ -270,16 +193,16 @@ class MemoryStore:
         rec = self._live.get(task_id)
         if rec is not None:
             return snapshot(rec)
-        packed = self._done.get(task_id)
-        if packed is None:
+        rec = self._done.get(task_id)
+        if rec is None:
             return None
-        if self._expired(packed):
+        if self._expired(rec):
             self._evict(time.time())  # gone for readers, whether or not writes come
             return None
-        return _unpack(packed)
+        return snapshot(rec)
 
-    def _expired(self, packed: _Packed) -> bool:
-        finished_at = packed[_P_FINISHED_AT]
+    def _expired(self, rec: Live) -> bool:
+        finished_at = rec[FINISHED_AT]
         return finished_at is not None and finished_at + self.retention.result_ttl <= time.time()
 
     def outcome(self, task_id: str, user_id: str | None) -> tuple[TaskStatus, Any, Any] | None:
@@ -288,12 +211,12 @@ class MemoryStore:
         None when the task is not terminal here (running, unknown, expired, or
         not `user_id`'s): the caller then reads the record.
         """
-        packed = self._done.get(task_id)
-        if packed is None or (user_id is not None and packed[_P_USER] != user_id):
+        rec = self._done.get(task_id)
+        if rec is None or (user_id is not None and rec[USER_ID] != user_id):
             return None
-        if self._expired(packed):
+        if self._expired(rec):
             return None
-        return STATUS_BY_VALUE[packed[_P_STATUS]], packed[_P_RESULT], _error(packed)
+        return STATUS_BY_VALUE[rec[STATUS]], rec[RESULT], error_of(rec)
 
     async def get(self, task_id: str) -> TaskRecord | None:
         return self.peek(task_id)
@@ -326,7 +249,11 @@ class MemoryStore:
             for ids_of in candidates[1:]:
                 if len(ids_of) < len(smallest):
                     smallest = ids_of
-            if status is not None and status is not _RUNNING and smallest is candidates[-1]:
+            if (
+                status is not None
+                and status is not TaskStatus.RUNNING
+                and smallest is candidates[-1]
+            ):
                 # A finished-status index is in finish order: list by creation.
                 ids: Sequence[str] = sorted(smallest, key=self._order.__getitem__)
             else:
@@ -345,22 +272,13 @@ class MemoryStore:
         while pos >= 0 and len(out) < limit:
             task_id = ids[pos]
             pos -= 1
-            rec = live.get(task_id)
-            if rec is not None:
-                if (
-                    (user_id is None or rec["user_id"] == user_id)
-                    and (item_id is None or rec["item_id"] == item_id)
-                    and (status is None or rec["status"] == status)
-                ):
-                    out.append(snapshot(rec))
-                continue
-            packed = done[task_id]
+            rec = live.get(task_id) or done[task_id]
             if (
-                (user_id is None or packed[_P_USER] == user_id)
-                and (item_id is None or packed[_P_ITEM] == item_id)
-                and (status is None or packed[_P_STATUS] == status)
+                (user_id is None or rec[USER_ID] == user_id)
+                and (item_id is None or rec[ITEM_ID] == item_id)
+                and (status is None or rec[STATUS] == status)
             ):
-                out.append(_unpack(packed))
+                out.append(snapshot(rec))
         next_cursor = str(order[out[-1].task_id]) if pos >= 0 and out else None
         return Page(out, next_cursor)
 
@@ -387,9 +305,10 @@ class MemoryStore:
         if rec is None or (user_id is not None and rec.user_id != user_id):
             return None
         live = self._live.get(task_id)
-        if live is not None and live["stop_requested_at"] is None:
-            live["stop_requested_at"] = rec.stop_requested_at = at
-            self._stops.setdefault(live["instance_id"], {})[task_id] = None
+        if live is not None and live[STOP_REQUESTED_AT] is None:
+            self._live[task_id] = replace(live, {STOP_REQUESTED_AT: at})
+            rec.stop_requested_at = at
+            self._stops.setdefault(live[INSTANCE_ID], {})[task_id] = None
         return rec
 
     async def pending_stops(self, instance_id: str) -> list[str]:
@@ -401,7 +320,7 @@ class MemoryStore:
         was_alive = self._alive.get(instance_id, 0.0) > time.monotonic()
         self._alive[instance_id] = time.monotonic() + ttl
         if running:
-            self.save_now(WriteBatch(records=[r for r in running if r["status"] == _V_RUNNING]))
+            self.save_now(WriteBatch(records=[r for r in running if r[STATUS] == _V_RUNNING]))
         if self._finished:
             self._evict(time.time())
         return was_alive
@@ -415,11 +334,15 @@ class MemoryStore:
             del self._alive[instance_id]
             batch = WriteBatch(now=now)
             for task_id in self._instance_tasks.pop(instance_id, {}):
-                rec = self._live[task_id]
-                rec["status"] = TaskStatus.LOST.value
-                rec["finished_at"] = rec["updated_at"] = now
-                rec["error"] = TaskError(
-                    "TaskLost", f"task {task_id!r} was lost with its instance {instance_id!r}"
+                rec = replace(
+                    self._live[task_id],
+                    {
+                        STATUS: _V_LOST,
+                        FINISHED_AT: now,
+                        UPDATED_AT: now,
+                        ERROR_TYPE: "TaskLost",
+                        ERROR_MESSAGE: f"task {task_id!r} was lost with its instance {instance_id!r}",
+                    },
                 )
                 batch.records.append(rec)
                 lost.append(snapshot(rec))

@@ -32,6 +32,7 @@ import os
 import time
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from .._live import STATUS
 from .._records import OutputChunk, TaskRecord, TaskStatus
 from .._redis import (
     DEFAULT_RETRY_BUDGET,
@@ -59,7 +60,7 @@ from .keys import Keys
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Sequence
 
-    from .._records import Live
+    from .._live import Live
 
 __all__ = ["RedisStore"]
 
@@ -348,7 +349,7 @@ class RedisStore:
             ["SADD", keys.instances, instance_id],
         ]
         if running:
-            alive = [r for r in running if r["status"] == _V_RUNNING]
+            alive = [r for r in running if r[STATUS] == _V_RUNNING]
             if alive:
                 commands += self._save_commands(alive, {}, 0.0)
         replies = await self._pipeline(commands)
