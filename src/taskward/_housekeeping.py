@@ -144,12 +144,14 @@ class Housekeeper:
                     },
                 )
         for task_id in [rec[TASK_ID] for rec in started]:
-            rec = local[task_id]
-            status = rec[STATUS]
+            current = local.get(task_id)  # None: finished and written meanwhile
+            if current is None:
+                continue
+            status = current[STATUS]
             if status != _V_RUNNING:
                 logger.warning("task %s was marked %s elsewhere: cancelling it", task_id, status)
                 manager._cancel(task_id, f"marked {status} while this instance was presumed dead")
-                manager._flusher.mark(rec)  # so it leaves the local table once written
+                manager._flusher.mark(current)  # so it leaves the local table once written
                 manager._wake(task_id)
 
     async def _reap(self) -> None:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ._records import EMPTY, STATUS_BY_VALUE, TaskError, TaskEvent, TaskRecord
+from ._records import EMPTY, STATUS_BY_VALUE, TaskError, TaskEvent, TaskRecord, TaskStatus
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -42,6 +42,7 @@ __all__ = [
     "event_of",
     "finished",
     "from_record",
+    "outcome",
     "replace",
     "snapshot",
 ]
@@ -78,28 +79,51 @@ Live = tuple[Any, ...]
 
 def finished(rec: Live, status: str, result: Any, error: TaskError | None, now: float) -> Live:
     """`rec` ended: its terminal status value, result or error, finish time."""
+    (
+        task_id,
+        _,
+        name,
+        item_id,
+        user_id,
+        channel_id,
+        platform,
+        instance_id,
+        created_at,
+        started_at,
+        _,
+        _,
+        _,
+        _,
+        _,
+        progress,
+        progress_message,
+        metadata,
+        redirect,
+        stop_requested_at,
+        max_runtime,
+    ) = rec
     return (
-        rec[TASK_ID],
+        task_id,
         status,
-        rec[NAME],
-        rec[ITEM_ID],
-        rec[USER_ID],
-        rec[CHANNEL_ID],
-        rec[PLATFORM],
-        rec[INSTANCE_ID],
-        rec[CREATED_AT],
-        rec[STARTED_AT],
+        name,
+        item_id,
+        user_id,
+        channel_id,
+        platform,
+        instance_id,
+        created_at,
+        started_at,
         now,
         now,
         result,
         None if error is None else error.type,
         None if error is None else error.message,
-        rec[PROGRESS],
-        rec[PROGRESS_MESSAGE],
-        rec[METADATA],
-        rec[REDIRECT],
-        rec[STOP_REQUESTED_AT],
-        rec[MAX_RUNTIME],
+        progress,
+        progress_message,
+        metadata,
+        redirect,
+        stop_requested_at,
+        max_runtime,
     )
 
 
@@ -114,6 +138,11 @@ def replace(rec: Live, changes: Mapping[int, Any]) -> Live:
 def error_of(rec: Live) -> TaskError | None:
     error_type = rec[ERROR_TYPE]
     return None if error_type is None else TaskError(error_type, rec[ERROR_MESSAGE])
+
+
+def outcome(rec: Live) -> tuple[TaskStatus, Any, TaskError | None]:
+    """A terminal record's status, result and error, without making a `TaskRecord`."""
+    return STATUS_BY_VALUE[rec[STATUS]], rec[RESULT], error_of(rec)
 
 
 def snapshot(rec: Live) -> TaskRecord:

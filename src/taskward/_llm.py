@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from . import _envelopes as env
 from ._checks import check_positive, close_if_coroutine, is_coroutine
 from ._ids import check_id, check_optional_id
+from ._live import STATUS
 from ._records import TaskError, TaskStatus
 from .errors import TaskNotFound, TaskTimeout
 
@@ -126,7 +127,8 @@ async def execute(
         channel_id=channel_id,
         platform=platform,
     )
-    if task_id in manager._tasks and wait_for > 0:
+    live = manager._local.get(task_id)
+    if live is not None and live[STATUS] == _RUNNING and wait_for > 0:
         await asyncio.wait((manager._add_waiter(task_id),), timeout=wait_for)
     # Local, or (when it finished and was written while create_task synced with
     # a shared store) from the store.

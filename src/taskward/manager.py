@@ -33,16 +33,18 @@ from ._housekeeping import Housekeeper
 from ._ids import check_id, check_optional_id, default_instance_id, new_task_id
 from ._live import (
     FINISHED_AT,
-    MAX_RUNTIME,
     NAME,
     PROGRESS,
     PROGRESS_MESSAGE,
+    RESULT,
     STATUS,
     TASK_ID,
     UPDATED_AT,
+    USER_ID,
     Live,
     event_of,
     finished,
+    outcome,
     replace,
     snapshot,
 )
@@ -91,7 +93,9 @@ WAIT_POLL = 2.0
 CLOSE_REASON = "manager closed"
 
 
-async def _run(manager: TaskManager, task_id: str, coro: Coroutine[Any, Any, Any]) -> Any:
+async def _run(
+    manager: TaskManager, task_id: str, coro: Coroutine[Any, Any, Any], limit: float | None
+) -> Any:
     """What each task's `asyncio.Task` runs: the coroutine, then its outcome recorded.
 
     Few locals on purpose: this frame lives as long as the task, so its size is
@@ -100,7 +104,6 @@ async def _run(manager: TaskManager, task_id: str, coro: Coroutine[Any, Any, Any
     """
     _current.set((manager, task_id))
     try:
-        limit = manager._local[task_id][MAX_RUNTIME]
         result = await coro if limit is None else await _run_limited(task_id, limit, coro)
     except BaseException as exc:
         if manager._failed(task_id, exc):
@@ -203,10 +206,8 @@ class TaskManager:
         self._get_now: Callable[[str], TaskRecord | None] | None = getattr(
             self._store, "peek", None
         )
-        # A terminal task's status, result and error, from a memory store.
-        self._outcome_now: (
-            Callable[[str, str | None], tuple[TaskStatus, Any, Any] | None] | None
-        ) = getattr(self._store, "outcome", None)
+        # A terminal task's record as a memory store keeps it.
+        self._kept: Callable[[str], Live | None] | None = getattr(self._store, "kept", None)
         # Final records of tasks run here, kept for reads when the store is remote.
         self._recent: OrderedDict[str, Live] | None = (
             OrderedDict() if self._get_now is None else None
@@ -441,7 +442,7 @@ class TaskManager:
             max_runtime,
         )
         self._local[task_id] = rec
-        self._tasks[task_id] = self._spawn(_run(self, task_id, coro))
+        self._tasks[task_id] = self._spawn(_run(self, task_id, coro, max_runtime))
         self._mark(rec)
         if self._streams or not self._alone:  # a listener is possible
             self._emit("created", rec, now)
@@ -727,12 +728,18 @@ class TaskManager:
         final status and the recorded error) if the task failed, was cancelled
         or was lost, and `TaskNotFound` or `TaskTimeout` like `wait`.
         """
-        if timeout is None and self._outcome_now is not None and task_id not in self._local:
-            outcome = self._outcome_now(task_id, user_id)
-            if outcome is not None:  # kept by a memory store: no record to unpack
-                status, result, error = outcome
-                if status is _COMPLETED:
-                    return result
+        if timeout is None:  # a finished task's outcome, without making a record
+            live = self._local.get(task_id)
+            if live is None and self._kept is not None:
+                live = self._kept(task_id)
+            if (
+                live is not None
+                and live[STATUS] != _V_RUNNING
+                and (user_id is None or live[USER_ID] == user_id)
+            ):
+                if live[STATUS] == _V_COMPLETED:
+                    return live[RESULT]
+                status, _, error = outcome(live)
                 raise TaskFailed(task_id, status, error)
         rec = await self._terminal(task_id, timeout, user_id)
         if rec.status is _COMPLETED:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from .._live import (
     ERROR_MESSAGE,
@@ -28,18 +28,16 @@ from .._live import (
     FINISHED_AT,
     INSTANCE_ID,
     ITEM_ID,
-    RESULT,
     STATUS,
     STOP_REQUESTED_AT,
     TASK_ID,
     UPDATED_AT,
     USER_ID,
     Live,
-    error_of,
     replace,
     snapshot,
 )
-from .._records import STATUS_BY_VALUE, OutputChunk, TaskRecord, TaskStatus
+from .._records import OutputChunk, TaskRecord, TaskStatus
 from .base import Page, Retention, WriteBatch
 
 if TYPE_CHECKING:
@@ -205,18 +203,15 @@ class MemoryStore:
         finished_at = rec[FINISHED_AT]
         return finished_at is not None and finished_at + self.retention.result_ttl <= time.time()
 
-    def outcome(self, task_id: str, user_id: str | None) -> tuple[TaskStatus, Any, Any] | None:
-        """A terminal task's status, result and error, without unpacking its record.
+    def kept(self, task_id: str) -> Live | None:
+        """A terminal task's record as kept (a tuple: nothing to copy), or None.
 
-        None when the task is not terminal here (running, unknown, expired, or
-        not `user_id`'s): the caller then reads the record.
+        None when the task is not terminal here (running, unknown or expired).
         """
         rec = self._done.get(task_id)
-        if rec is None or (user_id is not None and rec[USER_ID] != user_id):
+        if rec is None or self._expired(rec):
             return None
-        if self._expired(rec):
-            return None
-        return STATUS_BY_VALUE[rec[STATUS]], rec[RESULT], error_of(rec)
+        return rec
 
     async def get(self, task_id: str) -> TaskRecord | None:
         return self.peek(task_id)

@@ -1,0 +1,97 @@
+"""Live records: the tuples a manager keeps for its tasks, and what readers get."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+
+from helpers import blocked
+from taskward import TaskError, TaskManager, TaskRecord, TaskStatus
+from taskward._live import (
+    STATUS,
+    STOP_REQUESTED_AT,
+    finished,
+    from_record,
+    outcome,
+    replace,
+    snapshot,
+)
+
+
+def full_record() -> TaskRecord:
+    return TaskRecord(
+        "t1",
+        TaskStatus.FAILED,
+        name="summarise",
+        item_id="chat-1",
+        user_id="u1",
+        channel_id="c1",
+        platform="slack",
+        instance_id="i1",
+        created_at=1.0,
+        started_at=1.5,
+        updated_at=3.0,
+        finished_at=3.0,
+        error=TaskError("ValueError", "bad"),
+        progress=0.5,
+        progress_message="half",
+        metadata={"k": [1, 2]},
+        redirect={"to": "c2"},
+        stop_requested_at=2.0,
+        max_runtime=9.0,
+    )
+
+
+def test_a_record_survives_the_trip_to_a_live_record_and_back() -> None:
+    rec = full_record()
+    assert snapshot(from_record(rec)) == rec
+    bare = TaskRecord("t2")
+    assert snapshot(from_record(bare)) == bare
+
+
+def test_every_snapshot_is_the_readers_own() -> None:
+    live = from_record(full_record())
+    first = snapshot(live)
+    first.metadata["k"].append(3)  # type: ignore[index]
+    first.redirect["to"] = "elsewhere"  # type: ignore[index]
+    assert snapshot(live).redirect == {"to": "c2"}
+    assert snapshot(live) is not first
+
+
+def test_finishing_changes_only_the_end_of_a_record() -> None:
+    running = from_record(TaskRecord("t", name="n", user_id="u", created_at=1.0, started_at=1.0))
+    ended = finished(running, "failed", None, TaskError("KeyError", "'x'"), 5.0)
+    rec = snapshot(ended)
+    assert (rec.status, rec.finished_at, rec.updated_at) == (TaskStatus.FAILED, 5.0, 5.0)
+    assert rec.error == TaskError("KeyError", "'x'")
+    assert (rec.name, rec.user_id, rec.created_at) == ("n", "u", 1.0)
+    assert outcome(ended) == (TaskStatus.FAILED, None, TaskError("KeyError", "'x'"))
+    assert running[STATUS] == "running"  # a new tuple; the old one is unchanged
+
+
+def test_replace_changes_the_given_positions() -> None:
+    live = from_record(TaskRecord("t"))
+    stopped = replace(live, {STOP_REQUESTED_AT: 7.0})
+    assert snapshot(stopped).stop_requested_at == 7.0
+    assert snapshot(live).stop_requested_at is None
+
+
+async def test_the_collector_does_not_track_a_running_or_kept_record() -> None:
+    """The point of live tuples: a hundred thousand tasks in flight add no record
+    objects for each full collection to walk (bench/lifecycle.py)."""
+    async with TaskManager() as tm:
+        release = asyncio.Event()
+        running = await tm.create_task(blocked(release), "chat-1", user_id="u1", name="n")
+        # (A dict inside, such as metadata or a dict result, keeps a tuple tracked.)
+        done = await tm.create_task(asyncio.sleep(0, result="plain"), "chat-1", user_id="u1")
+        await tm.wait(done, timeout=2)
+        await asyncio.sleep(0)
+        gc.collect()
+        assert not gc.is_tracked(tm._local[running])
+        await tm.records(limit=1)  # written: the store keeps the finished tuple
+        gc.collect()
+        kept = tm._kept(done) if tm._kept is not None else None
+        assert kept is not None
+        assert not gc.is_tracked(kept)
+        release.set()
+        assert await tm.result(running) == "released"
