@@ -69,9 +69,9 @@ EMPTY: Mapping[str, Any] = MappingProxyType({})
 class TaskRecord:
     """Everything known about one task.
 
-    The owner instance mutates its own records in place; everything handed to
-    callers is a copy (`copy()`), so a record you hold never changes under you.
-    Times are Unix seconds (`time.time()`).
+    Every record handed to callers is made for them from the owner's or the
+    store's state, so a record you hold never changes under you (`copy()` for
+    another). Times are Unix seconds (`time.time()`).
     """
 
     task_id: str

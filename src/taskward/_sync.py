@@ -151,7 +151,7 @@ class Flusher:
             return
         except Exception:
             # A bug, not an outage: retrying would fail forever. The records stay
-            # readable here (their handles are kept); say loudly what was not written.
+            # readable here (their records are kept); say loudly what was not written.
             logger.exception("could not write %d task records; they stay local only", len(records))
             notice = None  # the events did not ride on the write: publish them below
         else:

@@ -202,7 +202,7 @@ class TaskManager:
         self._bus: Bus = bus if bus is not None else MemoryBus()
         self.retention = self._store.retention
         # A store that answers without I/O (MemoryStore) lets reads skip a coroutine;
-        # `peek` returns its own object, so callers get a copy.
+        # `peek` returns a fresh record, the caller's to keep.
         self._get_now: Callable[[str], TaskRecord | None] | None = getattr(
             self._store, "peek", None
         )
