@@ -536,3 +536,33 @@ def test_coalesce_keeps_what_a_batch_does_not_supersede() -> None:
         ("stop_requested", "b"),
     ]
     assert coalesce(batch)[3] is batch[6]  # the last progress of b
+
+
+async def test_a_child_task_that_outlives_its_task_cannot_change_the_record(
+    tm: TaskManager,
+) -> None:
+    """A child asyncio task inherits the current task; once that task is finished,
+    its progress and output are ignored (its record and its stream are final)."""
+    go_on, finished_child = asyncio.Event(), asyncio.Event()
+
+    async def child() -> None:
+        await go_on.wait()
+        report_progress(0.5, "too late")  # finished: ignored
+        emit("too late")
+        await tm.records(limit=1)  # written and forgotten by the manager
+        emit("later still")  # dropped too, not an error
+        finished_child.set()
+
+    async def parent() -> str:
+        keep.append(asyncio.create_task(child()))
+        return "done"
+
+    keep: list[asyncio.Task[None]] = []
+    task_id = await tm.create_task(parent())
+    assert await tm.result(task_id, timeout=2) == "done"
+    go_on.set()
+    await asyncio.wait_for(finished_child.wait(), 2)
+    rec = await tm.get_record(task_id)
+    assert rec is not None
+    assert (rec.status, rec.progress, rec.progress_message) == (TaskStatus.COMPLETED, None, None)
+    assert await tm.read_output(task_id) == []

@@ -569,8 +569,8 @@ class TaskManager:
 
     def _on_output(self, task_id: str, text: str) -> None:
         rec = self._local.get(task_id)
-        if rec is None:
-            return  # written and forgotten: nothing may be added any more
+        if rec is None or rec[STATUS] != _V_RUNNING:
+            return  # finished (a child task outlived it): its output is closed
         self._seqs[task_id] = seq = self._seqs.get(task_id, 0) + 1
         now = _time()
         self._flusher.add_output(task_id, OutputChunk(seq, text, now))
