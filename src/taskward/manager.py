@@ -132,6 +132,11 @@ class _State(enum.Enum):
     CLOSED = "closed"
 
 
+# Read on every creation: a module constant is several times cheaper to load
+# than an enum member (`_State.RUNNING` goes through the enum class).
+_STARTED = _State.RUNNING
+
+
 class TaskManager:
     """Runs coroutines as tracked tasks; reads, waits for, lists and stops them.
 
@@ -361,7 +366,7 @@ class TaskManager:
                 )
 
     async def _ensure_started(self) -> None:
-        if self._state is not _State.RUNNING:
+        if self._state is not _STARTED:
             await self.start()
 
     # -- creating tasks --------------------------------------------------------
@@ -404,7 +409,7 @@ class TaskManager:
                 raise TypeError(f"metadata must be a dict, not {type(metadata).__name__}")
             if max_runtime is not None:
                 check_positive("max_runtime", max_runtime)
-            if self._state is not _State.RUNNING:
+            if self._state is not _STARTED:
                 await self.start()
             if task_id is not None:
                 await self._check_new_id(task_id)
