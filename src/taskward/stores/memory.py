@@ -41,7 +41,7 @@ from .._records import OutputChunk, TaskRecord, TaskStatus
 from .base import Page, Retention, WriteBatch
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Iterable, Sequence
 
 __all__ = ["MemoryStore"]
 
@@ -239,6 +239,10 @@ class MemoryStore:
             candidates.append(self._index.by_item.get(item_id, {}))
         if status is not None:
             candidates.append(self._index.by_status[TaskStatus(status).value])
+        before = _decode_cursor(cursor) if cursor is not None else None
+        order = self._order
+        # Newest first, without copying an index: a page costs what it reads.
+        newest_first: Iterable[str]
         if candidates:
             smallest = candidates[0]
             for ids_of in candidates[1:]:
@@ -250,23 +254,21 @@ class MemoryStore:
                 and smallest is candidates[-1]
             ):
                 # A finished-status index is in finish order: list by creation.
-                ids: Sequence[str] = sorted(smallest, key=self._order.__getitem__)
+                newest_first = sorted(smallest, key=order.__getitem__, reverse=True)
             else:
-                ids = list(smallest)
+                newest_first = reversed(smallest)
         else:
-            ids = list(self._order)
-        before = _decode_cursor(cursor) if cursor is not None else None
-        order = self._order
+            newest_first = reversed(order)
         live = self._live
         done = self._done
         out: list[TaskRecord] = []
-        pos = len(ids) - 1
-        if before is not None:
-            while pos >= 0 and order[ids[pos]] >= before:
-                pos -= 1
-        while pos >= 0 and len(out) < limit:
-            task_id = ids[pos]
-            pos -= 1
+        more = False
+        for task_id in newest_first:
+            if before is not None and order[task_id] >= before:
+                continue  # on the pages before this one
+            if len(out) == limit:
+                more = True
+                break
             rec = live.get(task_id) or done[task_id]
             if (
                 (user_id is None or rec[USER_ID] == user_id)
@@ -274,7 +276,7 @@ class MemoryStore:
                 and (status is None or rec[STATUS] == status)
             ):
                 out.append(snapshot(rec))
-        next_cursor = str(order[out[-1].task_id]) if pos >= 0 and out else None
+        next_cursor = str(order[out[-1].task_id]) if more and out else None
         return Page(out, next_cursor)
 
     async def running_ids_by_item(self, item_id: str) -> list[str]:
