@@ -780,7 +780,12 @@ class TaskManager:
                 if live[STATUS] != _V_RUNNING:
                     return snapshot(live)
                 await self._add_waiter(task_id)
-                continue  # a new record now, here or (written) in the store
+                # Finished, or found finished: here, or (already written) kept
+                # here or in a memory store, without a round trip.
+                rec = self._peek(task_id, None)
+                if rec is not None and rec.status is not _RUNNING:
+                    return rec
+                continue
             fut = asyncio.get_running_loop().create_future()
             self._remote_waiters.setdefault(task_id, []).append(fut)
             try:
