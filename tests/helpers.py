@@ -14,7 +14,7 @@ import warnings
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from taskward._live import from_record as to_live
+from taskward._live import from_record
 from taskward.bus.memory import MemoryBus, MemoryHub
 from taskward.stores.base import WriteBatch
 from taskward.stores.memory import MemoryStore
@@ -110,9 +110,9 @@ def batch(
     notice: str | None = None,
 ) -> WriteBatch:
     """A store write of `records` as an owner's flush passes them: live records."""
-    return WriteBatch([to_live(rec) for rec in records], outputs or {}, now, notice)
+    return WriteBatch([from_record(rec) for rec in records], outputs or {}, now, notice)
 
 
 def lives(records: Iterable[TaskRecord]) -> list[Live]:
     """`records` as an owner's live records (for `Store.heartbeat`)."""
-    return [to_live(rec) for rec in records]
+    return [from_record(rec) for rec in records]
