@@ -17,7 +17,7 @@ from taskward import StopOutcome, StopResult, TaskManager, TaskRecord, TaskStatu
 from taskward._live import STOP_REQUESTED_AT
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Coroutine
 
 
 @pytest.fixture
@@ -239,6 +239,41 @@ async def test_stop_a_task_before_it_ever_ran(tm: TaskManager) -> None:
     assert rec.status is TaskStatus.CANCELLED
     assert rec.error is not None
     assert rec.error.type == "CancelledError"
+
+
+async def test_stop_a_task_before_it_ran_under_a_wrapping_task_factory() -> None:
+    """A loop task factory that wraps each coroutine (as tracing tools do) must not
+    stop a never-run task from being recorded cancelled, with nothing left unawaited."""
+    loop = asyncio.get_running_loop()
+    wrapped: list[str] = []
+
+    async def traced(inner: Coroutine[Any, Any, Any]) -> Any:
+        wrapped.append("ran")
+        return await inner
+
+    def factory(
+        loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, Any], **kwargs: Any
+    ) -> asyncio.Task[Any]:
+        return asyncio.Task(traced(coro), loop=loop, **kwargs)
+
+    loop.set_task_factory(factory)  # type: ignore[arg-type]
+    try:
+        async with TaskManager() as tm:
+            with no_unawaited_coroutines():
+                coro = value(1)
+                task_id = await tm.create_task(coro)
+                result = await tm.stop_task(task_id)
+                assert inspect.getcoroutinestate(coro) == inspect.CORO_CLOSED
+                del coro
+                await asyncio.sleep(0.01)
+            assert result.outcome is StopOutcome.CANCELLED
+            rec = await tm.wait(task_id, timeout=1)
+            assert rec.status is TaskStatus.CANCELLED
+            done = await tm.create_task(value(2))  # and normal tasks run through it
+            assert await tm.result(done, timeout=1) == 2
+    finally:
+        loop.set_task_factory(None)
+    assert "ran" in wrapped
 
 
 # -- stop_item_tasks and list_task_ids_by_item_id -----------------------------------------

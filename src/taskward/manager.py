@@ -124,6 +124,22 @@ async def _run_limited(task_id: str, max_runtime: float, coro: Coroutine[Any, An
         raise
 
 
+def _unstarted_run(outer: object) -> Coroutine[Any, Any, Any] | None:
+    """The `_run` coroutine of a task that has not started yet, else None.
+
+    Usually the task's own coroutine; a loop's task factory may have wrapped it,
+    in which case it is an argument of the (not yet started) outer coroutine.
+    """
+    if not inspect.iscoroutine(outer) or inspect.getcoroutinestate(outer) != inspect.CORO_CREATED:
+        return None
+    if outer.cr_code is _run.__code__:
+        return outer
+    for value in inspect.getcoroutinelocals(outer).values():
+        if inspect.iscoroutine(value) and value.cr_code is _run.__code__:
+            return _unstarted_run(value)
+    return None
+
+
 class _State(enum.Enum):
     NEW = "new"
     STARTING = "starting"
@@ -522,14 +538,12 @@ class TaskManager:
             return  # finished already
         self._cancel_reasons[task_id] = reason
         task.cancel()
-        wrapper = task.get_coro()
-        if (
-            inspect.iscoroutine(wrapper)
-            and inspect.getcoroutinestate(wrapper) == inspect.CORO_CREATED
-        ):
-            # Not started: its wrapper will never run its body, so record the outcome
-            # now and close the coroutine (no "never awaited" warning).
-            inspect.getcoroutinelocals(wrapper)["coro"].close()
+        run = _unstarted_run(task.get_coro())
+        if run is not None:
+            # Not started: our wrapper will never run its body, so record the outcome
+            # now and close the coroutines (no "never awaited" warning).
+            inspect.getcoroutinelocals(run)["coro"].close()
+            run.close()
             self._finish(task_id, _V_CANCELLED, None, TaskError("CancelledError", reason))
 
     def _forget(self, records: Iterable[Live]) -> None:
