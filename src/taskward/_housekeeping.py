@@ -13,15 +13,7 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
-from ._live import (
-    ERROR_MESSAGE,
-    ERROR_TYPE,
-    FINISHED_AT,
-    STATUS,
-    STOP_REQUESTED_AT,
-    TASK_ID,
-    replace,
-)
+from ._live import STATUS, STOP_REQUESTED_AT, TASK_ID, V_RUNNING, finished
 from ._records import TaskEvent, TaskStatus
 from ._stopping import STOP_REASON, stop_local
 from .errors import StoreUnavailable
@@ -35,7 +27,6 @@ __all__ = ["Housekeeper"]
 logger = logging.getLogger(__name__)
 
 _RUNNING = TaskStatus.RUNNING
-_V_RUNNING = _RUNNING.value
 # How often a disconnected instance tries the store again.
 RECONNECT_INTERVAL = 0.25
 
@@ -79,7 +70,7 @@ class Housekeeper:
         started = time.monotonic()
         if not manager._connected:
             tasks = self._started_tasks()
-            running = [rec for rec in tasks if rec[STATUS] == _V_RUNNING]
+            running = [rec for rec in tasks if rec[STATUS] == V_RUNNING]
             was_alive = await store.heartbeat(manager.instance_id, manager.liveness_ttl, running)
             logger.warning("store reachable again: re-asserted %d running tasks", len(running))
             if not was_alive and manager._has_peers():
@@ -111,7 +102,7 @@ class Housekeeper:
         """
         manager = self._manager
         started = self._started_tasks()
-        running = [rec for rec in started if rec[STATUS] == _V_RUNNING]
+        running = [rec for rec in started if rec[STATUS] == V_RUNNING]
         logger.warning("this instance's liveness had expired; checking %d tasks", len(started))
         await manager._store.heartbeat(manager.instance_id, manager.liveness_ttl, running)
         await self._settle_reaped(started, running)
@@ -133,22 +124,14 @@ class Housekeeper:
         for rec, now in zip(running, stored, strict=True):
             task_id = rec[TASK_ID]
             if now is not None and now.status is not _RUNNING and local.get(task_id) is rec:
-                error = now.error
-                local[task_id] = replace(
-                    rec,
-                    {
-                        STATUS: now.status.value,
-                        FINISHED_AT: now.finished_at,
-                        ERROR_TYPE: None if error is None else error.type,
-                        ERROR_MESSAGE: None if error is None else error.message,
-                    },
-                )
+                ended_at = now.finished_at if now.finished_at is not None else now.updated_at
+                local[task_id] = finished(rec, now.status.value, None, now.error, ended_at)
         for task_id in [rec[TASK_ID] for rec in started]:
             current = local.get(task_id)  # None: finished and written meanwhile
             if current is None:
                 continue
             status = current[STATUS]
-            if status != _V_RUNNING:
+            if status != V_RUNNING:
                 logger.warning("task %s was marked %s elsewhere: cancelling it", task_id, status)
                 manager._cancel(task_id, f"marked {status} while this instance was presumed dead")
                 manager._flusher.mark(current)  # so it leaves the local table once written
@@ -176,10 +159,10 @@ class Housekeeper:
         """Honour stop requests the bus did not deliver, or that a task swallowed."""
         manager = self._manager
         for rec in list(manager._local.values()):
-            if rec[STATUS] == _V_RUNNING and rec[STOP_REQUESTED_AT] is not None:
+            if rec[STATUS] == V_RUNNING and rec[STOP_REQUESTED_AT] is not None:
                 manager._cancel(rec[TASK_ID], STOP_REASON)  # asked before, still running: again
         for task_id in await manager._store.pending_stops(manager.instance_id):
             live = manager._local.get(task_id)
             # One cancellation per tick: those known already were asked again above.
-            if live is not None and live[STATUS] == _V_RUNNING and live[STOP_REQUESTED_AT] is None:
+            if live is not None and live[STATUS] == V_RUNNING and live[STOP_REQUESTED_AT] is None:
                 stop_local(manager, live)

@@ -37,6 +37,11 @@ __all__ = [
     "STOP_REQUESTED_AT",
     "TASK_ID",
     "USER_ID",
+    "V_CANCELLED",
+    "V_COMPLETED",
+    "V_FAILED",
+    "V_LOST",
+    "V_RUNNING",
     "Live",
     "error_of",
     "event_of",
@@ -46,6 +51,13 @@ __all__ = [
     "replace",
     "snapshot",
 ]
+
+# The status a live record holds: a `TaskStatus` value, as a plain str.
+V_RUNNING = TaskStatus.RUNNING.value
+V_COMPLETED = TaskStatus.COMPLETED.value
+V_FAILED = TaskStatus.FAILED.value
+V_CANCELLED = TaskStatus.CANCELLED.value
+V_LOST = TaskStatus.LOST.value
 
 #: A live record: the fields of `TaskRecord` in its order, with the error as two
 #: strings (type, message), the status as its string value, and metadata and

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from . import _envelopes as env
 from ._checks import check_positive, close_if_coroutine, is_coroutine
 from ._ids import check_id, check_optional_id
-from ._live import STATUS
+from ._live import STATUS, V_RUNNING
 from ._records import TaskError, TaskStatus
 from .errors import TaskNotFound, TaskTimeout
 
@@ -128,7 +128,7 @@ async def execute(
         platform=platform,
     )
     live = manager._local.get(task_id)
-    if live is not None and live[STATUS] == _RUNNING and wait_for > 0:
+    if live is not None and live[STATUS] == V_RUNNING and wait_for > 0:
         await asyncio.wait((manager._add_waiter(task_id),), timeout=wait_for)
     # Local, or (when it finished and was written while create_task synced with
     # a shared store) from the store.

@@ -12,7 +12,7 @@ import asyncio
 import time
 from typing import TYPE_CHECKING
 
-from ._live import ITEM_ID, STATUS, STOP_REQUESTED_AT, TASK_ID, USER_ID
+from ._live import ITEM_ID, STATUS, STOP_REQUESTED_AT, TASK_ID, USER_ID, V_RUNNING
 from ._records import STATUS_BY_VALUE, StopOutcome, StopResult, TaskStatus
 from ._sync import SYNC_TIMEOUT, unwait
 
@@ -35,7 +35,6 @@ __all__ = [
 
 
 _RUNNING = TaskStatus.RUNNING
-_V_RUNNING = _RUNNING.value
 _CANCELLED = TaskStatus.CANCELLED
 _time = time.time
 
@@ -60,7 +59,7 @@ async def stop_task(manager: TaskManager, task_id: str, user_id: str | None) -> 
     if rec is not None:
         if user_id is not None and rec[USER_ID] != user_id:
             return StopResult(task_id, StopOutcome.NOT_FOUND)
-        if rec[STATUS] != _V_RUNNING:
+        if rec[STATUS] != V_RUNNING:
             return StopResult(task_id, StopOutcome.ALREADY_FINISHED, STATUS_BY_VALUE[rec[STATUS]])
         requested_at = stop_local(manager, rec)
         if manager._get_now is None and manager._connected:
@@ -68,7 +67,7 @@ async def stop_task(manager: TaskManager, task_id: str, user_id: str | None) -> 
             # background: a stop here must work while the store is away.
             manager._background(manager._store.request_stop(task_id, requested_at))
         now = manager._local.get(task_id)
-        if now is not None and now[STATUS] == _V_RUNNING:
+        if now is not None and now[STATUS] == V_RUNNING:
             await asyncio.wait((manager._add_waiter(task_id),), timeout=manager.stop_timeout)
         outcome = stop_outcome(task_id, await manager._lookup(task_id, None))
         await manager._flusher.sync(SYNC_TIMEOUT)  # what we answer is what others read

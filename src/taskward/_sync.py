@@ -191,14 +191,13 @@ class Flusher:
                     await self.sync()
             except TimeoutError:
                 break
-        save_now = getattr(self._manager._store, "save_now", None)
-        if save_now is not None and (self._dirty or self._outputs) and self._online.is_set():
-            # A store in this process writes without waiting: no deadline is too short.
-            records = list(self._dirty.values())
-            outputs, self._outputs = self._outputs, {}
-            self._dirty = {}
-            save_now(WriteBatch(records, outputs, time.time()))
-            self._manager._forget(records)
+        if (
+            (self._dirty or self._outputs)
+            and self._online.is_set()
+            and self._manager._get_now is not None
+        ):
+            # A store in this process answers without waiting: no deadline is too short.
+            await self._flush_once()
         if self._dirty or self._outputs:
             logger.error(
                 "closing with %d task records and %d output streams not written",

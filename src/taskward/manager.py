@@ -41,6 +41,11 @@ from ._live import (
     TASK_ID,
     UPDATED_AT,
     USER_ID,
+    V_CANCELLED,
+    V_COMPLETED,
+    V_FAILED,
+    V_LOST,
+    V_RUNNING,
     Live,
     event_of,
     finished,
@@ -78,12 +83,6 @@ logger = logging.getLogger(__name__)
 
 _RUNNING = TaskStatus.RUNNING
 _COMPLETED = TaskStatus.COMPLETED
-# What a live record's status holds (see `Live`): the plain values.
-_V_RUNNING = _RUNNING.value
-_V_COMPLETED = _COMPLETED.value
-_V_FAILED = TaskStatus.FAILED.value
-_V_CANCELLED = TaskStatus.CANCELLED.value
-_V_LOST = TaskStatus.LOST.value
 _time = time.time
 
 RECENT_LIMIT = 10_000
@@ -109,7 +108,7 @@ async def _run(
         if manager._failed(task_id, exc):
             raise
         return None
-    manager._finish(task_id, _V_COMPLETED, result, None)
+    manager._finish(task_id, V_COMPLETED, result, None)
     return result
 
 
@@ -370,13 +369,13 @@ class TaskManager:
         else:
             await asyncio.sleep(0)  # one turn to take the cancellation, no more
         for rec in list(self._local.values()):
-            if rec[STATUS] == _V_RUNNING:
+            if rec[STATUS] == V_RUNNING:
                 logger.warning(
                     "task %s (%s) ignored cancellation; abandoned as lost", rec[TASK_ID], rec[NAME]
                 )
                 self._finish(
                     rec[TASK_ID],
-                    _V_LOST,
+                    V_LOST,
                     None,
                     TaskError("TaskLost", "did not stop within the shutdown deadline"),
                 )
@@ -441,7 +440,7 @@ class TaskManager:
             task_id = new_task_id()
         rec: Live = (
             task_id,
-            _V_RUNNING,
+            V_RUNNING,
             name or "",
             item_id,
             user_id,
@@ -485,21 +484,21 @@ class TaskManager:
         """Record how the task ended on `exc`; True if `exc` must go on (cancellation, exits)."""
         if isinstance(exc, asyncio.CancelledError):
             reason = self._cancel_reasons.get(task_id, "cancelled")
-            self._finish(task_id, _V_CANCELLED, None, TaskError("CancelledError", reason))
+            self._finish(task_id, V_CANCELLED, None, TaskError("CancelledError", reason))
             return True
         if isinstance(exc, MaxRuntimeExceeded):
-            self._finish(task_id, _V_CANCELLED, None, TaskError.from_exception(exc))
+            self._finish(task_id, V_CANCELLED, None, TaskError.from_exception(exc))
             return False
         # A task's failure is its outcome, not ours; SystemExit and KeyboardInterrupt
         # are recorded, then let go.
-        self._finish(task_id, _V_FAILED, None, TaskError.from_exception(exc))
+        self._finish(task_id, V_FAILED, None, TaskError.from_exception(exc))
         return not isinstance(exc, Exception)
 
     def _finish(self, task_id: str, status: str, result: Any, error: TaskError | None) -> None:
         """Record the end of a task (`status` is a terminal value); the first end counts."""
         self._tasks.pop(task_id, None)
         rec = self._local.get(task_id)
-        if rec is None or rec[STATUS] != _V_RUNNING:
+        if rec is None or rec[STATUS] != V_RUNNING:
             return  # terminal states never change
         now = _time()
         self._local[task_id] = rec = finished(rec, status, result, error, now)
@@ -544,7 +543,7 @@ class TaskManager:
             # now and close the coroutines (no "never awaited" warning).
             inspect.getcoroutinelocals(run)["coro"].close()
             run.close()
-            self._finish(task_id, _V_CANCELLED, None, TaskError("CancelledError", reason))
+            self._finish(task_id, V_CANCELLED, None, TaskError("CancelledError", reason))
 
     def _forget(self, records: Iterable[Live]) -> None:
         """Drop local records of tasks whose final state is now in the store.
@@ -559,7 +558,7 @@ class TaskManager:
         recent = self._recent
         extras = self._cancel_reasons or self._seqs
         for rec in records:
-            if rec[STATUS] != _V_RUNNING:
+            if rec[STATUS] != V_RUNNING:
                 task_id = rec[TASK_ID]
                 if local.get(task_id) is rec:
                     del local[task_id]
@@ -576,7 +575,7 @@ class TaskManager:
 
     def _on_progress(self, task_id: str, fraction: float, message: str | None) -> None:
         rec = self._local.get(task_id)
-        if rec is None or rec[STATUS] != _V_RUNNING:
+        if rec is None or rec[STATUS] != V_RUNNING:
             return
         now = _time()
         changes: dict[int, Any] = {PROGRESS: fraction, UPDATED_AT: now}
@@ -588,7 +587,7 @@ class TaskManager:
 
     def _on_output(self, task_id: str, text: str) -> None:
         rec = self._local.get(task_id)
-        if rec is None or rec[STATUS] != _V_RUNNING:
+        if rec is None or rec[STATUS] != V_RUNNING:
             return  # finished (a child task outlived it): its output is closed
         self._seqs[task_id] = seq = self._seqs.get(task_id, 0) + 1
         now = _time()
@@ -672,7 +671,7 @@ class TaskManager:
             logger.warning("ignoring unknown command %r", command.get("op"))
             return
         rec = self._local.get(str(command.get("task_id")))
-        if rec is not None and rec[STATUS] == _V_RUNNING:
+        if rec is not None and rec[STATUS] == V_RUNNING:
             stop_local(self, rec)
 
     async def on_reconnect(self) -> None:
@@ -753,10 +752,10 @@ class TaskManager:
                 live = self._kept(task_id)
             if (
                 live is not None
-                and live[STATUS] != _V_RUNNING
+                and live[STATUS] != V_RUNNING
                 and (user_id is None or live[USER_ID] == user_id)
             ):
-                if live[STATUS] == _V_COMPLETED:
+                if live[STATUS] == V_COMPLETED:
                     return live[RESULT]
                 status, _, error = outcome(live)
                 raise TaskFailed(task_id, status, error)
@@ -791,7 +790,7 @@ class TaskManager:
         while True:
             live = self._local.get(task_id)
             if live is not None:
-                if live[STATUS] != _V_RUNNING:
+                if live[STATUS] != V_RUNNING:
                     return snapshot(live)
                 await self._add_waiter(task_id)
                 # Finished, or found finished: here, or (already written) kept
@@ -969,4 +968,4 @@ class TaskManager:
     @property
     def running_count(self) -> int:
         """Tasks of this instance that have not finished yet."""
-        return sum(rec[STATUS] == _V_RUNNING for rec in self._local.values())
+        return sum(rec[STATUS] == V_RUNNING for rec in self._local.values())

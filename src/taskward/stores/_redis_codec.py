@@ -53,8 +53,9 @@ from .._live import (
     TASK_ID,
     UPDATED_AT,
     USER_ID,
+    V_RUNNING,
 )
-from .._records import STATUS_BY_VALUE, OutputChunk, TaskError, TaskRecord, TaskStatus, dump_json
+from .._records import STATUS_BY_VALUE, OutputChunk, TaskError, TaskRecord, dump_json
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -72,8 +73,6 @@ __all__ = [
     "encode_record",
     "text",
 ]
-
-_V_RUNNING = TaskStatus.RUNNING.value
 
 
 def text(value: bytes | str) -> str:
@@ -140,7 +139,7 @@ def encode_record(rec: Live) -> list[Any]:
         pairs += ("rd", dump_json(rec[REDIRECT]))
     else:
         absent.append("rd")
-    if status == _V_RUNNING:
+    if status == V_RUNNING:
         finish = ""
     else:
         finish = repr(done if done is not None else updated)

@@ -6,10 +6,9 @@ a process). The manager is the only writer of a task's own fields and calls
 `save()` from a single flusher, once per loop turn with every record that changed
 in that turn; stores keep these writes cheap by batching them (one pipeline).
 
-Records passed to `save()` are the owners' live records (`Live`, plain dicts
-that the owner goes on changing): a store must read what it needs from them
-before its first `await`, and must never hand them out; reads return fresh
-`TaskRecord`s. `taskward._live.from_record` turns a `TaskRecord` into one.
+Records passed to `save()` are the owners' live records (`Live`, plain tuples
+the owner replaces as its tasks change; see `_live.py`): a store may keep them
+as they are, must never hand them out, and reads return fresh `TaskRecord`s. `taskward._live.from_record` turns a `TaskRecord` into one.
 """
 
 from __future__ import annotations

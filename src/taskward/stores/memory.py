@@ -23,30 +23,27 @@ from collections import deque
 from typing import TYPE_CHECKING
 
 from .._live import (
-    ERROR_MESSAGE,
-    ERROR_TYPE,
     FINISHED_AT,
     INSTANCE_ID,
     ITEM_ID,
     STATUS,
     STOP_REQUESTED_AT,
     TASK_ID,
-    UPDATED_AT,
     USER_ID,
+    V_LOST,
+    V_RUNNING,
     Live,
+    finished,
     replace,
     snapshot,
 )
-from .._records import OutputChunk, TaskRecord, TaskStatus
+from .._records import OutputChunk, TaskError, TaskRecord, TaskStatus
 from .base import Page, Retention, WriteBatch
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
 
 __all__ = ["MemoryStore"]
-
-_V_RUNNING = TaskStatus.RUNNING.value
-_V_LOST = TaskStatus.LOST.value
 
 
 class _Index:
@@ -109,7 +106,7 @@ class MemoryStore:
         order = self._order
         index = self._index
         by_status = index.by_status
-        running = by_status[_V_RUNNING]
+        running = by_status[V_RUNNING]
         finished = self._finished
         seq = self._seq
         for rec in batch.records:
@@ -127,7 +124,7 @@ class MemoryStore:
                 item_id = rec[ITEM_ID]
                 if item_id is not None:
                     index.by_item.setdefault(item_id, {})[task_id] = None
-                if status == _V_RUNNING:
+                if status == V_RUNNING:
                     live[task_id] = rec
                     running[task_id] = None
                     self._instance_tasks.setdefault(rec[INSTANCE_ID], {})[task_id] = None
@@ -136,7 +133,7 @@ class MemoryStore:
                 if stored[STOP_REQUESTED_AT] is not None and rec[STOP_REQUESTED_AT] is None:
                     # Asked here, not yet seen by the owner: the request stays.
                     rec = replace(rec, {STOP_REQUESTED_AT: stored[STOP_REQUESTED_AT]})
-                if status == _V_RUNNING:
+                if status == V_RUNNING:
                     live[task_id] = rec
                     continue
                 # just finished
@@ -317,7 +314,7 @@ class MemoryStore:
         was_alive = self._alive.get(instance_id, 0.0) > time.monotonic()
         self._alive[instance_id] = time.monotonic() + ttl
         if running:
-            self.save_now(WriteBatch(records=[r for r in running if r[STATUS] == _V_RUNNING]))
+            self.save_now(WriteBatch(records=[r for r in running if r[STATUS] == V_RUNNING]))
         if self._finished:
             self._evict(time.time())
         return was_alive
@@ -331,16 +328,10 @@ class MemoryStore:
             del self._alive[instance_id]
             batch = WriteBatch(now=now)
             for task_id in self._instance_tasks.pop(instance_id, {}):
-                rec = replace(
-                    self._live[task_id],
-                    {
-                        STATUS: _V_LOST,
-                        FINISHED_AT: now,
-                        UPDATED_AT: now,
-                        ERROR_TYPE: "TaskLost",
-                        ERROR_MESSAGE: f"task {task_id!r} was lost with its instance {instance_id!r}",
-                    },
+                error = TaskError(
+                    "TaskLost", f"task {task_id!r} was lost with its instance {instance_id!r}"
                 )
+                rec = finished(self._live[task_id], V_LOST, None, error, now)
                 batch.records.append(rec)
                 lost.append(snapshot(rec))
             self.save_now(batch)

@@ -32,7 +32,7 @@ import os
 import time
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from .._live import STATUS
+from .._live import STATUS, V_RUNNING
 from .._records import OutputChunk, TaskRecord, TaskStatus
 from .._redis import (
     DEFAULT_RETRY_BUDGET,
@@ -81,7 +81,6 @@ QUERY_BUDGET = 2000
 REAP_LOCK_MS = 30_000
 
 _RUNNING = TaskStatus.RUNNING
-_V_RUNNING = _RUNNING.value
 
 
 class _Script:
@@ -349,7 +348,7 @@ class RedisStore:
             ["SADD", keys.instances, instance_id],
         ]
         if running:
-            alive = [r for r in running if r[STATUS] == _V_RUNNING]
+            alive = [r for r in running if r[STATUS] == V_RUNNING]
             if alive:
                 commands += self._save_commands(alive, {}, 0.0)
         replies = await self._pipeline(commands)
