@@ -7,6 +7,7 @@ with the part of that round spent in Python's cyclic garbage collector (which
 walks every object of every task in flight, so it grows with their number).
 taskward's `result()` is the counterpart of `await task` and `job.wait()`; the
 last line reads each outcome as a record (`wait()`, a copy per call) instead.
+A taskward round ends once its write-behind flush has stored every outcome.
 
     python bench/lifecycle.py [--sizes 10000 100000] [--repeat 5]
 """
