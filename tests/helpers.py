@@ -78,13 +78,22 @@ async def swallow(started: asyncio.Event, release: asyncio.Event, times: float =
 
 @contextmanager
 def no_unawaited_coroutines() -> Iterator[None]:
-    """Fail if a coroutine was garbage collected without being awaited or closed."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        yield
-        gc.collect()
+    """Fail if a coroutine was garbage collected without being awaited or closed,
+    or a task ended on an error nobody retrieved (the loop's exception handler)."""
+    loop = asyncio.get_running_loop()
+    errors: list[dict[str, Any]] = []
+    previous = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _loop, context: errors.append(context))
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            yield
+            gc.collect()
+    finally:
+        loop.set_exception_handler(previous)
     unawaited = [str(w.message) for w in caught if "never awaited" in str(w.message)]
     assert unawaited == []
+    assert [context["message"] for context in errors] == []
 
 
 class Peers:

@@ -140,6 +140,15 @@ async def test_a_stalled_instance_cancels_the_tasks_others_marked_lost(
     assert stored is not None and stored.status is TaskStatus.LOST  # never overwritten
 
 
+async def test_execute_of_a_tool_that_finishes_while_creation_waits_for_the_store(
+    make_manager: Callable[..., TaskManager],
+) -> None:
+    """Creation waits for the shared store; the tool may finish, be written and
+    leave the local table meanwhile: its result is read back, not lost."""
+    tm = make_manager()
+    assert await tm.execute(value({"n": 1}), "quick", timeout=0) == '{"n":1}'
+
+
 async def test_result_from_another_instance_waits_and_raises_like_the_owners(
     make_manager: Callable[..., TaskManager],
 ) -> None:

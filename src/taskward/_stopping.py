@@ -151,7 +151,8 @@ def fence_new_task(manager: TaskManager, rec: Live) -> None:
             task_id = rec[TASK_ID]
             manager._update(rec, {STOP_REQUESTED_AT: _time()})
             manager._cancel(task_id, STOP_REASON)  # not started yet: recorded cancelled right here
-            status = STATUS_BY_VALUE[manager._local[task_id][STATUS]]
+            now = manager._peek(task_id, None)  # written through to a store here, or local
+            status = _CANCELLED if now is None else now.status
             fence.results[task_id] = StopResult(task_id, StopOutcome.CANCELLED, status)
             return
 

@@ -537,12 +537,17 @@ class TaskManager:
             return  # finished already
         self._cancel_reasons[task_id] = reason
         task.cancel()
-        run = _unstarted_run(task.get_coro())
+        outer = task.get_coro()
+        run = _unstarted_run(outer)
         if run is not None:
             # Not started: our wrapper will never run its body, so record the outcome
-            # now and close the coroutines (no "never awaited" warning).
+            # now and close the task's coroutine (no "never awaited" warning). The
+            # task's first step throws the cancellation into its outermost
+            # coroutine, which must stay open for that: a wrapper a task factory
+            # put around ours is thrown into, and ours, inside it, is closed.
             inspect.getcoroutinelocals(run)["coro"].close()
-            run.close()
+            if run is not outer:
+                run.close()
             self._finish(task_id, V_CANCELLED, None, TaskError("CancelledError", reason))
 
     def _forget(self, records: Iterable[Live]) -> None:

@@ -5,7 +5,8 @@ Records live in dicts as the owners' live records (plain tuples, see
 every read returns a fresh `TaskRecord`. The garbage collector stops tracking
 such a tuple (when its result is a plain value too), so thousands of kept
 results cost a full collection nothing. Indexes are insertion ordered dicts
-(creation order), so listing walks an index, never every record. Finished
+(creation order), so listing walks an index, never every record; the table of
+running records is itself the running index. Finished
 records sit in a queue ordered by finish time and are evicted by age
 (`result_ttl`) and count (`max_finished`), taking their index entries and output
 with them: memory stays flat under endless load.
@@ -13,14 +14,16 @@ with them: memory stays flat under endless load.
 One `MemoryStore` may be shared by several managers in a process (each an
 "instance"); liveness then works as in Redis, with deadlines instead of TTLs,
 and so do stop requests: the store keeps a request on its copy of the record
-(an owner's later writes do not erase it) and in the owner's pending stops.
+(an owner's later writes do not erase it) and in the owner's pending stops. The
+running tasks of an instance are found by a scan when it dies or closes, which
+is rare, instead of an index every task would pay for.
 """
 
 from __future__ import annotations
 
 import time
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .._live import (
     FINISHED_AT,
@@ -47,14 +50,19 @@ __all__ = ["MemoryStore"]
 
 
 class _Index:
-    """Task ids by user, item and status (its value), each in creation order."""
+    """Task ids by user, item and terminal status (its value), each in creation order.
+
+    The running tasks are the keys of `MemoryStore._live` (in creation order too).
+    """
 
     __slots__ = ("by_item", "by_status", "by_user")
 
     def __init__(self) -> None:
         self.by_user: dict[str, dict[str, None]] = {}
         self.by_item: dict[str, dict[str, None]] = {}
-        self.by_status: dict[str, dict[str, None]] = {s.value: {} for s in TaskStatus}
+        self.by_status: dict[str, dict[str, None]] = {
+            s.value: {} for s in TaskStatus if s is not TaskStatus.RUNNING
+        }
 
 
 def _discard(index: dict[str, dict[str, None]], key: str, task_id: str) -> None:
@@ -70,7 +78,7 @@ class MemoryStore:
 
     def __init__(self, retention: Retention | None = None) -> None:
         self.retention = retention or Retention()
-        self._live: dict[str, Live] = {}  # running
+        self._live: dict[str, Live] = {}  # running, in creation order
         self._done: dict[str, Live] = {}  # terminal
         self._index = _Index()
         self._finished: deque[str] = deque()  # terminal task ids, oldest finished first
@@ -78,7 +86,6 @@ class MemoryStore:
         self._seq = 0
         self._outputs: dict[str, deque[OutputChunk]] = {}
         self._alive: dict[str, float] = {}  # instance id -> deadline (monotonic)
-        self._instance_tasks: dict[str, dict[str, None]] = {}
         self._stops: dict[str, dict[str, None]] = {}
 
     def __len__(self) -> int:
@@ -100,14 +107,18 @@ class MemoryStore:
         self.save_now(batch)
 
     def save_now(self, batch: WriteBatch) -> None:
-        """`save` without the coroutine: the memory store never waits."""
+        """`save` without the coroutine: the memory store never waits.
+
+        One pass over the batch with everything it touches bound once: a burst
+        of tasks costs a few dict operations each, not a method call each.
+        """
         live = self._live
         done = self._done
         order = self._order
         index = self._index
         by_status = index.by_status
-        running = by_status[V_RUNNING]
         finished = self._finished
+        stops = self._stops
         seq = self._seq
         for rec in batch.records:
             task_id = rec[TASK_ID]
@@ -126,8 +137,6 @@ class MemoryStore:
                     index.by_item.setdefault(item_id, {})[task_id] = None
                 if status == V_RUNNING:
                     live[task_id] = rec
-                    running[task_id] = None
-                    self._instance_tasks.setdefault(rec[INSTANCE_ID], {})[task_id] = None
                     continue
             else:
                 if stored[STOP_REQUESTED_AT] is not None and rec[STOP_REQUESTED_AT] is None:
@@ -138,9 +147,8 @@ class MemoryStore:
                     continue
                 # just finished
                 del live[task_id]
-                del running[task_id]
-                _discard(self._instance_tasks, rec[INSTANCE_ID], task_id)
-                _discard(self._stops, rec[INSTANCE_ID], task_id)
+                if stops:
+                    _discard(stops, rec[INSTANCE_ID], task_id)
             by_status[status][task_id] = None
             done[task_id] = rec
             finished.append(task_id)
@@ -229,13 +237,14 @@ class MemoryStore:
             raise ValueError("limit must be at least 1")
         if self._finished:
             self._evict(time.time())
-        candidates: list[dict[str, None]] = []
+        candidates: list[dict[str, Any]] = []
         if user_id is not None:
             candidates.append(self._index.by_user.get(user_id, {}))
         if item_id is not None:
             candidates.append(self._index.by_item.get(item_id, {}))
         if status is not None:
-            candidates.append(self._index.by_status[TaskStatus(status).value])
+            value = TaskStatus(status).value
+            candidates.append(self._live if value == V_RUNNING else self._index.by_status[value])
         before = _decode_cursor(cursor) if cursor is not None else None
         order = self._order
         # Newest first, without copying an index: a page costs what it reads.
@@ -327,11 +336,15 @@ class MemoryStore:
                 continue
             del self._alive[instance_id]
             batch = WriteBatch(now=now)
-            for task_id in self._instance_tasks.pop(instance_id, {}):
+            # Scanned, not indexed by instance: an instance dies rarely, tasks
+            # start and end all the time.
+            for task_id, running in list(self._live.items()):
+                if running[INSTANCE_ID] != instance_id:
+                    continue
                 error = TaskError(
                     "TaskLost", f"task {task_id!r} was lost with its instance {instance_id!r}"
                 )
-                rec = finished(self._live[task_id], V_LOST, None, error, now)
+                rec = finished(running, V_LOST, None, error, now)
                 batch.records.append(rec)
                 lost.append(snapshot(rec))
             self.save_now(batch)
@@ -339,11 +352,10 @@ class MemoryStore:
         return lost
 
     async def retire(self, instance_id: str) -> None:
-        if self._instance_tasks.get(instance_id):
+        if any(rec[INSTANCE_ID] == instance_id for rec in self._live.values()):
             self._alive[instance_id] = 0.0  # tasks still running: leave them to the reaper
             return
         self._alive.pop(instance_id, None)
-        self._instance_tasks.pop(instance_id, None)
         self._stops.pop(instance_id, None)
 
 
