@@ -35,7 +35,7 @@ def index_sizes(store: MemoryStore) -> dict[str, int]:
         "outputs": len(store._outputs),
         "by_user": sum(len(ids) for ids in index.by_user.values()),
         "by_item": sum(len(ids) for ids in index.by_item.values()),
-        "by_status": sum(len(ids) for ids in index.by_status.values()),
+        "stops": sum(len(ids) for ids in store._stops.values()),
         "user_keys": len(index.by_user),
         "item_keys": len(index.by_item),
     }
@@ -131,7 +131,7 @@ async def test_max_finished_keeps_the_newest(make_manager: Callable[..., TaskMan
     for task_id in ids[7:]:
         assert await tm.get_record(task_id) is not None
     sizes = index_sizes(memory_store(tm))
-    for name in ("records", "order", "finished", "by_user", "by_status", "by_item"):
+    for name in ("records", "order", "finished", "by_user", "by_item"):
         assert sizes[name] == 5, name
 
 
@@ -156,7 +156,7 @@ async def test_max_finished_holds_under_200_000_tasks(
 
     sizes = index_sizes(store)
     assert 900 <= sizes["records"] <= 1000
-    for name in ("order", "finished", "by_user", "by_item", "by_status"):
+    for name in ("order", "finished", "by_user", "by_item", "stops"):
         assert sizes[name] <= 1000, name
     assert sizes["outputs"] == 0
     assert sizes["item_keys"] <= 100  # keys of items with nothing left are dropped

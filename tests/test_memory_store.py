@@ -322,7 +322,7 @@ def assert_forgotten(store: MemoryStore, task_id: str) -> None:
     assert task_id not in store._outputs
     assert all(task_id not in ids for ids in index.by_user.values())
     assert all(task_id not in ids for ids in index.by_item.values())
-    assert all(task_id not in ids for ids in index.by_status.values())
+    assert all(task_id not in ids for ids in store._stops.values())
     assert task_id not in store._finished
 
 

@@ -565,13 +565,16 @@ class TaskManager:
         for rec in records:
             if rec[STATUS] != V_RUNNING:
                 task_id = rec[TASK_ID]
-                if local.get(task_id) is rec:
-                    del local[task_id]
-                    if recent is not None:
-                        recent[task_id] = rec
-                    if extras:
-                        self._cancel_reasons.pop(task_id, None)
-                        self._seqs.pop(task_id, None)
+                current = local.pop(task_id, None)  # one lookup where most match
+                if current is not rec:
+                    if current is not None:
+                        local[task_id] = current  # a newer record: not written yet
+                    continue
+                if recent is not None:
+                    recent[task_id] = rec
+                if extras:
+                    self._cancel_reasons.pop(task_id, None)
+                    self._seqs.pop(task_id, None)
         if recent is not None:
             while len(recent) > self._recent_limit:
                 recent.popitem(last=False)

@@ -50,19 +50,19 @@ __all__ = ["MemoryStore"]
 
 
 class _Index:
-    """Task ids by user, item and terminal status (its value), each in creation order.
+    """Task ids by user and by item, each in creation order.
 
-    The running tasks are the keys of `MemoryStore._live` (in creation order too).
+    Not by status: the running tasks are the keys of `MemoryStore._live` (in
+    creation order too), and a listing by a finished status filters the finished
+    records, which it has to sort by creation anyway (they are kept in finish
+    order). Every task would pay for such an index; few listings would use it.
     """
 
-    __slots__ = ("by_item", "by_status", "by_user")
+    __slots__ = ("by_item", "by_user")
 
     def __init__(self) -> None:
         self.by_user: dict[str, dict[str, None]] = {}
         self.by_item: dict[str, dict[str, None]] = {}
-        self.by_status: dict[str, dict[str, None]] = {
-            s.value: {} for s in TaskStatus if s is not TaskStatus.RUNNING
-        }
 
 
 def _discard(index: dict[str, dict[str, None]], key: str, task_id: str) -> None:
@@ -116,19 +116,19 @@ class MemoryStore:
         done = self._done
         order = self._order
         index = self._index
-        by_status = index.by_status
         finished = self._finished
         stops = self._stops
         seq = self._seq
         for rec in batch.records:
             task_id = rec[TASK_ID]
             status = rec[STATUS]
-            if task_id in done:
-                continue  # terminal states never change
             stored = live.get(task_id)
-            if stored is None:  # new here
+            if stored is None:
+                # New here, it takes the next position; known, it is terminal here
+                # (positions only grow, so a known one is smaller).
+                if order.setdefault(task_id, seq + 1) <= seq:
+                    continue  # terminal states never change
                 seq += 1
-                order[task_id] = seq
                 user_id = rec[USER_ID]
                 if user_id is not None:
                     index.by_user.setdefault(user_id, {})[task_id] = None
@@ -149,7 +149,6 @@ class MemoryStore:
                 del live[task_id]
                 if stops:
                     _discard(stops, rec[INSTANCE_ID], task_id)
-            by_status[status][task_id] = None
             done[task_id] = rec
             finished.append(task_id)
         self._seq = seq
@@ -169,23 +168,21 @@ class MemoryStore:
         excess = len(finished) - self.retention.max_finished
         done = self._done
         order = self._order
-        index = self._index
-        by_status = index.by_status
+        by_user = self._index.by_user
+        by_item = self._index.by_item
         outputs = self._outputs
         while finished:
             task_id = finished[0]
-            rec = done[task_id]
-            if excess <= 0 and (rec[FINISHED_AT] or 0.0) > cutoff:
+            if excess <= 0 and (done[task_id][FINISHED_AT] or 0.0) > cutoff:
                 break
             finished.popleft()
             excess -= 1
-            del done[task_id]
+            rec = done.pop(task_id)
             del order[task_id]
-            by_status[rec[STATUS]].pop(task_id, None)
-            if rec[USER_ID] is not None:
-                _discard(index.by_user, rec[USER_ID], task_id)
-            if rec[ITEM_ID] is not None:
-                _discard(index.by_item, rec[ITEM_ID], task_id)
+            if by_user and rec[USER_ID] is not None:
+                _discard(by_user, rec[USER_ID], task_id)
+            if by_item and rec[ITEM_ID] is not None:
+                _discard(by_item, rec[ITEM_ID], task_id)
             if outputs:
                 outputs.pop(task_id, None)
 
@@ -214,7 +211,10 @@ class MemoryStore:
         None when the task is not terminal here (running, unknown or expired).
         """
         rec = self._done.get(task_id)
-        if rec is None or self._expired(rec):
+        if rec is None:
+            return None
+        finished_at = rec[FINISHED_AT]  # `_expired`, inline: this is every result() read
+        if finished_at is not None and finished_at + self.retention.result_ttl <= time.time():
             return None
         return rec
 
@@ -237,36 +237,32 @@ class MemoryStore:
             raise ValueError("limit must be at least 1")
         if self._finished:
             self._evict(time.time())
+        value = None if status is None else TaskStatus(status).value
+        live = self._live
+        done = self._done
         candidates: list[dict[str, Any]] = []
         if user_id is not None:
             candidates.append(self._index.by_user.get(user_id, {}))
         if item_id is not None:
             candidates.append(self._index.by_item.get(item_id, {}))
-        if status is not None:
-            value = TaskStatus(status).value
-            candidates.append(self._live if value == V_RUNNING else self._index.by_status[value])
+        if value == V_RUNNING:
+            candidates.append(live)
         before = _decode_cursor(cursor) if cursor is not None else None
         order = self._order
         # Newest first, without copying an index: a page costs what it reads.
         newest_first: Iterable[str]
         if candidates:
-            smallest = candidates[0]
-            for ids_of in candidates[1:]:
-                if len(ids_of) < len(smallest):
-                    smallest = ids_of
-            if (
-                status is not None
-                and status is not TaskStatus.RUNNING
-                and smallest is candidates[-1]
-            ):
-                # A finished-status index is in finish order: list by creation.
-                newest_first = sorted(smallest, key=order.__getitem__, reverse=True)
-            else:
-                newest_first = reversed(smallest)
+            smallest: dict[str, Any] = min(candidates, key=len)
+            newest_first = reversed(smallest)
+        elif value is not None:
+            # A finished status: its records, kept in finish order, listed by creation.
+            newest_first = sorted(
+                (task_id for task_id, rec in done.items() if rec[STATUS] == value),
+                key=order.__getitem__,
+                reverse=True,
+            )
         else:
             newest_first = reversed(order)
-        live = self._live
-        done = self._done
         out: list[TaskRecord] = []
         more = False
         for task_id in newest_first:
@@ -279,7 +275,7 @@ class MemoryStore:
             if (
                 (user_id is None or rec[USER_ID] == user_id)
                 and (item_id is None or rec[ITEM_ID] == item_id)
-                and (status is None or rec[STATUS] == status)
+                and (value is None or rec[STATUS] == value)
             ):
                 out.append(snapshot(rec))
         next_cursor = str(order[out[-1].task_id]) if more and out else None
