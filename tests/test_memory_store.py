@@ -160,6 +160,43 @@ async def test_a_record_saved_already_terminal() -> None:
     assert await store.reap(time.time()) == []  # not counted as running anywhere
 
 
+async def test_a_burst_of_finished_tasks_is_indexed_like_one_by_one() -> None:
+    """Tasks that started and ended between two writes arrive together, terminal and
+    new: listed in creation order, by user and item, and evicted oldest first."""
+    store = MemoryStore(Retention(max_finished=3))
+    burst = [
+        make_record(COMPLETED, user_id="alice", item_id="chat"),
+        make_record(TaskStatus.FAILED),
+        make_record(COMPLETED, item_id="chat"),
+    ]
+    await save(store, *burst)
+    ids = [rec.task_id for rec in burst]
+    assert await all_pages(store, 2) == [ids[::-1][:2], ids[:1]]
+    assert [r.task_id for r in (await store.query(user_id="alice")).records] == ids[:1]
+    assert [r.task_id for r in (await store.query(item_id="chat")).records] == [ids[2], ids[0]]
+    assert [r.task_id for r in (await store.query(status=TaskStatus.FAILED)).records] == [ids[1]]
+    later = make_record(COMPLETED)
+    await save(store, later)
+    assert await store.get(ids[0]) is None
+    assert_forgotten(store, ids[0])
+    assert (await store.query(user_id="alice")).records == []
+
+
+async def test_a_task_twice_in_one_burst_is_kept_once_as_first_written() -> None:
+    store = MemoryStore(Retention(max_finished=2))
+    first = make_record(COMPLETED, task_id="t-1")
+    second = make_record(TaskStatus.FAILED, task_id="t-1")
+    await save(store, first, second)
+    got = await store.get("t-1")
+    assert got is not None
+    assert got.status is COMPLETED
+    assert len(store) == 1
+    for _ in range(2):  # evicting it must not trip over a second entry
+        await save(store, make_record(COMPLETED))
+    assert await store.get("t-1") is None
+    assert len(store) == 2
+
+
 async def test_finishing_moves_a_record_out_of_the_running_indexes() -> None:
     store = MemoryStore()
     rec = make_record(item_id="chat")

@@ -49,9 +49,12 @@ from ._live import (
     Live,
     event_of,
     finished,
+    ids_of,
     outcome,
+    pop_all,
     replace,
     snapshot,
+    statuses_of,
 )
 from ._records import OutputChunk, TaskError, TaskEvent, TaskRecord, TaskStatus
 from ._stopping import fence_new_task, stop_local
@@ -550,7 +553,7 @@ class TaskManager:
                 run.close()
             self._finish(task_id, V_CANCELLED, None, TaskError("CancelledError", reason))
 
-    def _forget(self, records: Iterable[Live]) -> None:
+    def _forget(self, records: Sequence[Live]) -> None:
         """Drop local records of tasks whose final state is now in the store.
 
         With a remote store, the final records stay readable here for a while
@@ -562,6 +565,16 @@ class TaskManager:
         local = self._local
         recent = self._recent
         extras = self._cancel_reasons or self._seqs
+        if recent is None and V_RUNNING not in statuses_of(records):
+            # All final (the usual burst) and kept by a store in this process: the
+            # local copies go at once. A final record never changes, so the one
+            # here is the one written.
+            ids = list(ids_of(records))
+            pop_all(local, ids)
+            if extras:
+                pop_all(self._cancel_reasons, ids)
+                pop_all(self._seqs, ids)
+            return
         for rec in records:
             if rec[STATUS] != V_RUNNING:
                 task_id = rec[TASK_ID]

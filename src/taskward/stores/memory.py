@@ -37,8 +37,13 @@ from .._live import (
     V_RUNNING,
     Live,
     finished,
+    ids_of,
+    item_ids_of,
+    pop_all,
     replace,
     snapshot,
+    statuses_of,
+    user_ids_of,
 )
 from .._records import OutputChunk, TaskError, TaskRecord, TaskStatus
 from .base import Page, Retention, WriteBatch
@@ -107,11 +112,49 @@ class MemoryStore:
         self.save_now(batch)
 
     def save_now(self, batch: WriteBatch) -> None:
-        """`save` without the coroutine: the memory store never waits.
+        """`save` without the coroutine: the memory store never waits."""
+        records = batch.records
+        if records:
+            # The usual burst: tasks that started and ended in one loop turn, all
+            # new here. Checked, then stored, with no Python code per record.
+            if V_RUNNING not in statuses_of(records) and self._order.keys().isdisjoint(
+                ids_of(records)
+            ):
+                self._add_finished(records)
+            else:
+                self._save_each(records)
+        for task_id, chunks in batch.outputs.items():
+            if task_id not in self._live and task_id not in self._done:
+                continue
+            stream = self._outputs.get(task_id)
+            if stream is None:
+                stream = self._outputs[task_id] = deque(maxlen=self.retention.max_output)
+            stream.extend(chunks)
+        if self._finished:
+            self._evict(batch.now or time.time())
 
-        One pass over the batch with everything it touches bound once: a burst
-        of tasks costs a few dict operations each, not a method call each.
-        """
+    def _add_finished(self, records: list[Live]) -> None:
+        """Store terminal records of tasks new here."""
+        ids = list(ids_of(records))
+        first = self._seq + 1
+        positions = dict(zip(ids, range(first, first + len(ids)), strict=True))
+        if len(positions) < len(ids):  # an id twice: the first write counts
+            self._save_each(records)
+            return
+        self._order.update(positions)
+        self._seq += len(ids)
+        if any(user_ids_of(records)) or any(item_ids_of(records)):
+            index = self._index
+            for rec in records:
+                if rec[USER_ID] is not None:
+                    index.by_user.setdefault(rec[USER_ID], {})[rec[TASK_ID]] = None
+                if rec[ITEM_ID] is not None:
+                    index.by_item.setdefault(rec[ITEM_ID], {})[rec[TASK_ID]] = None
+        self._done.update(zip(ids, records, strict=True))
+        self._finished.extend(ids)
+
+    def _save_each(self, records: list[Live]) -> None:
+        """Store records one by one: running ones, and changes of known tasks."""
         live = self._live
         done = self._done
         order = self._order
@@ -119,7 +162,7 @@ class MemoryStore:
         finished = self._finished
         stops = self._stops
         seq = self._seq
-        for rec in batch.records:
+        for rec in records:
             task_id = rec[TASK_ID]
             status = rec[STATUS]
             stored = live.get(task_id)
@@ -152,39 +195,34 @@ class MemoryStore:
             done[task_id] = rec
             finished.append(task_id)
         self._seq = seq
-        for task_id, chunks in batch.outputs.items():
-            if task_id not in live and task_id not in done:
-                continue
-            stream = self._outputs.get(task_id)
-            if stream is None:
-                stream = self._outputs[task_id] = deque(maxlen=self.retention.max_output)
-            stream.extend(chunks)
-        if finished:
-            self._evict(batch.now or time.time())
 
     def _evict(self, now: float) -> None:
+        """Drop the finished records beyond `max_finished` and those past `result_ttl`,
+        oldest finished first, with their index entries and output."""
         finished = self._finished
-        cutoff = now - self.retention.result_ttl
+        popleft = finished.popleft
         excess = len(finished) - self.retention.max_finished
+        gone = [popleft() for _ in range(excess)]
+        cutoff = now - self.retention.result_ttl
         done = self._done
-        order = self._order
+        while finished and (done[finished[0]][FINISHED_AT] or 0.0) <= cutoff:
+            gone.append(popleft())
+        if not gone:
+            return
+        pop_all(self._order, gone)
         by_user = self._index.by_user
         by_item = self._index.by_item
-        outputs = self._outputs
-        while finished:
-            task_id = finished[0]
-            if excess <= 0 and (done[task_id][FINISHED_AT] or 0.0) > cutoff:
-                break
-            finished.popleft()
-            excess -= 1
-            rec = done.pop(task_id)
-            del order[task_id]
-            if by_user and rec[USER_ID] is not None:
-                _discard(by_user, rec[USER_ID], task_id)
-            if by_item and rec[ITEM_ID] is not None:
-                _discard(by_item, rec[ITEM_ID], task_id)
-            if outputs:
-                outputs.pop(task_id, None)
+        if by_user or by_item:
+            for task_id in gone:
+                rec = done.pop(task_id)
+                if rec[USER_ID] is not None:
+                    _discard(by_user, rec[USER_ID], task_id)
+                if rec[ITEM_ID] is not None:
+                    _discard(by_item, rec[ITEM_ID], task_id)
+        else:
+            pop_all(done, gone)
+        if self._outputs:
+            pop_all(self._outputs, gone)
 
     # -- reads ----------------------------------------------------------------
 
