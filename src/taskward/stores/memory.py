@@ -117,11 +117,7 @@ class MemoryStore:
         if records:
             # The usual burst: tasks that started and ended in one loop turn, all
             # new here. Checked, then stored, with no Python code per record.
-            if V_RUNNING not in statuses_of(records) and self._order.keys().isdisjoint(
-                ids_of(records)
-            ):
-                self._add_finished(records)
-            else:
+            if V_RUNNING in statuses_of(records) or not self._add_finished(records):
                 self._save_each(records)
         for task_id, chunks in batch.outputs.items():
             if task_id not in self._live and task_id not in self._done:
@@ -133,14 +129,13 @@ class MemoryStore:
         if self._finished:
             self._evict(batch.now or time.time())
 
-    def _add_finished(self, records: list[Live]) -> None:
-        """Store terminal records of tasks new here."""
+    def _add_finished(self, records: list[Live]) -> bool:
+        """Store terminal records if their tasks are all new here (else False)."""
         ids = list(ids_of(records))
         first = self._seq + 1
         positions = dict(zip(ids, range(first, first + len(ids)), strict=True))
-        if len(positions) < len(ids):  # an id twice: the first write counts
-            self._save_each(records)
-            return
+        if len(positions) < len(ids) or not self._order.keys().isdisjoint(positions):
+            return False  # known ones, or an id twice (the first write counts)
         self._order.update(positions)
         self._seq += len(ids)
         if any(user_ids_of(records)) or any(item_ids_of(records)):
@@ -152,6 +147,7 @@ class MemoryStore:
                     index.by_item.setdefault(rec[ITEM_ID], {})[rec[TASK_ID]] = None
         self._done.update(zip(ids, records, strict=True))
         self._finished.extend(ids)
+        return True
 
     def _save_each(self, records: list[Live]) -> None:
         """Store records one by one: running ones, and changes of known tasks."""
