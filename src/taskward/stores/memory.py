@@ -114,11 +114,10 @@ class MemoryStore:
     def save_now(self, batch: WriteBatch) -> None:
         """`save` without the coroutine: the memory store never waits."""
         records = batch.records
-        if records:
-            # The usual burst: tasks that started and ended in one loop turn, all
-            # new here. Checked, then stored, with no Python code per record.
-            if V_RUNNING in statuses_of(records) or not self._add_finished(records):
-                self._save_each(records)
+        # The usual burst: tasks that started and ended in one loop turn, all new
+        # here. Checked, then stored, with no Python code per record.
+        if records and (V_RUNNING in statuses_of(records) or not self._add_finished(records)):
+            self._save_each(records)
         for task_id, chunks in batch.outputs.items():
             if task_id not in self._live and task_id not in self._done:
                 continue
