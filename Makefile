@@ -34,12 +34,14 @@ bench-setup: $(BENCH_STAMP)
 # BENCH_ARGS=--start-server runs the Redis benchmarks on a private server.
 bench: $(STAMP) $(BENCH_STAMP)
 	$(BIN)/python bench/lifecycle.py
+	$(BIN)/python bench/floor.py
 	$(BIN)/python bench/redis_lifecycle.py $(BENCH_ARGS)
 	$(BIN)/python bench/stop_latency.py $(BENCH_ARGS)
 	$(BIN)/python bench/liveness.py $(BENCH_ARGS)
 
 bench-quick: $(STAMP) $(BENCH_STAMP)
 	$(BIN)/python bench/lifecycle.py --sizes 10000 --repeat 2
+	$(BIN)/python bench/floor.py --sizes 10000 --repeat 2
 	$(BIN)/python bench/redis_lifecycle.py --quick $(BENCH_ARGS)
 	$(BIN)/python bench/stop_latency.py --quick $(BENCH_ARGS)
 	$(BIN)/python bench/liveness.py --quick $(BENCH_ARGS)
