@@ -8,6 +8,7 @@ import gc
 from helpers import blocked
 from taskward import TaskError, TaskManager, TaskRecord, TaskStatus
 from taskward._live import (
+    BURST,
     STATUS,
     STOP_REQUESTED_AT,
     finished,
@@ -96,3 +97,22 @@ async def test_the_collector_does_not_track_a_running_or_kept_record() -> None:
         assert not gc.is_tracked(kept)
         release.set()
         assert await tm.result(running) == "released"
+
+
+async def test_written_final_records_leave_the_local_table_and_running_ones_stay() -> None:
+    """After a flush the owner drops the final records it wrote (one at a time and
+    in a burst alike); a running task's record stays, its end is still to come."""
+    async with TaskManager() as tm:
+        for size in (1, BURST):
+            running = from_record(TaskRecord("r"))
+            written = [
+                finished(from_record(TaskRecord(f"t{i}")), "completed", i, None, 1.0)
+                for i in range(size)
+            ]
+            tm._local.update({rec[0]: rec for rec in [running, *written]})
+            tm._forget(written)
+            tm._forget(written)  # again: nothing left to drop
+            assert tm._local == {"r": running}
+            tm._forget([running])
+            assert tm._local == {"r": running}
+            tm._local.clear()

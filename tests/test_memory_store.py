@@ -11,6 +11,7 @@ import pytest
 
 from helpers import batch, lives
 from taskward import OutputChunk, Retention, TaskError, TaskRecord, TaskStatus
+from taskward._live import BURST
 from taskward.stores.memory import MemoryStore
 
 RUNNING = TaskStatus.RUNNING
@@ -66,6 +67,11 @@ async def all_pages(store: MemoryStore, limit: int, **filters: object) -> list[l
         cursor = page.cursor
         if cursor is None:
             return pages
+
+
+async def listed(store: MemoryStore, limit: int) -> list[str]:
+    """Every task id, newest first, read page by page."""
+    return [task_id for page in await all_pages(store, limit) for task_id in page]
 
 
 # -- writes and reads -------------------------------------------------------------------------
@@ -162,39 +168,57 @@ async def test_a_record_saved_already_terminal() -> None:
 
 async def test_a_burst_of_finished_tasks_is_indexed_like_one_by_one() -> None:
     """Tasks that started and ended between two writes arrive together, terminal and
-    new: listed in creation order, by user and item, and evicted oldest first."""
-    store = MemoryStore(Retention(max_finished=3))
+    new (a burst takes a path of its own): listed in creation order, by user, item
+    and status, and evicted oldest first, in a burst too."""
+    store = MemoryStore(Retention(max_finished=BURST + 3))
     burst = [
         make_record(COMPLETED, user_id="alice", item_id="chat"),
         make_record(TaskStatus.FAILED),
         make_record(COMPLETED, item_id="chat"),
-    ]
+    ] + [make_record(COMPLETED) for _ in range(BURST)]
     await save(store, *burst)
     ids = [rec.task_id for rec in burst]
-    assert await all_pages(store, 2) == [ids[::-1][:2], ids[:1]]
+    assert await listed(store, 10) == ids[::-1]
     assert [r.task_id for r in (await store.query(user_id="alice")).records] == ids[:1]
     assert [r.task_id for r in (await store.query(item_id="chat")).records] == [ids[2], ids[0]]
     assert [r.task_id for r in (await store.query(status=TaskStatus.FAILED)).records] == [ids[1]]
-    later = make_record(COMPLETED)
-    await save(store, later)
-    assert await store.get(ids[0]) is None
-    assert_forgotten(store, ids[0])
+    later = [make_record(COMPLETED) for _ in range(BURST)]
+    await save(store, *later)
+    for task_id in ids[:BURST]:
+        assert await store.get(task_id) is None
+        assert_forgotten(store, task_id)
     assert (await store.query(user_id="alice")).records == []
+    assert len(store) == BURST + 3
+    assert await listed(store, 50) == [r.task_id for r in later[::-1]] + ids[BURST:][::-1]
 
 
 async def test_a_task_twice_in_one_burst_is_kept_once_as_first_written() -> None:
-    store = MemoryStore(Retention(max_finished=2))
+    store = MemoryStore(Retention(max_finished=BURST + 1))
     first = make_record(COMPLETED, task_id="t-1")
     second = make_record(TaskStatus.FAILED, task_id="t-1")
-    await save(store, first, second)
+    others = [make_record(COMPLETED) for _ in range(BURST)]
+    await save(store, first, *others, second)
     got = await store.get("t-1")
     assert got is not None
     assert got.status is COMPLETED
-    assert len(store) == 1
-    for _ in range(2):  # evicting it must not trip over a second entry
-        await save(store, make_record(COMPLETED))
+    assert len(store) == BURST + 1
+    await save(store, make_record(COMPLETED))  # evicting it must not trip over a second entry
     assert await store.get("t-1") is None
-    assert len(store) == 2
+    assert all([await store.get(rec.task_id) is not None for rec in others])
+
+
+async def test_a_burst_with_a_known_task_is_stored_record_by_record() -> None:
+    store = MemoryStore()
+    known = make_record(item_id="chat")
+    await save(store, known)
+    finish(known)
+    burst = [known] + [make_record(COMPLETED) for _ in range(BURST)]
+    await save(store, *burst)
+    assert await store.running_ids_by_item("chat") == []
+    got = await store.get(known.task_id)
+    assert got is not None
+    assert got.status is COMPLETED
+    assert await listed(store, 100) == [rec.task_id for rec in burst[::-1]]
 
 
 async def test_finishing_moves_a_record_out_of_the_running_indexes() -> None:
@@ -361,6 +385,18 @@ def assert_forgotten(store: MemoryStore, task_id: str) -> None:
     assert all(task_id not in ids for ids in index.by_item.values())
     assert all(task_id not in ids for ids in store._stops.values())
     assert task_id not in store._finished
+
+
+async def test_a_burst_over_max_finished_drops_the_oldest_with_their_output() -> None:
+    store = MemoryStore(Retention(max_finished=BURST))
+    old = [make_record(COMPLETED) for _ in range(BURST)]
+    await store.save(batch(old, {rec.task_id: chunks(1, 2) for rec in old}, time.time()))
+    new = [make_record(COMPLETED) for _ in range(BURST)]
+    await save(store, *new)
+    for rec in old:
+        assert_forgotten(store, rec.task_id)
+    assert [await store.get(rec.task_id) is not None for rec in new] == [True] * BURST
+    assert len(store) == BURST
 
 
 async def test_max_finished_drops_the_oldest_finished_with_everything_they_had() -> None:

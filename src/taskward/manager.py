@@ -32,6 +32,7 @@ from ._events import EventStream
 from ._housekeeping import Housekeeper
 from ._ids import check_id, check_optional_id, default_instance_id, new_task_id
 from ._live import (
+    BURST,
     FINISHED_AT,
     NAME,
     PROGRESS,
@@ -559,16 +560,16 @@ class TaskManager:
         With a remote store, the final records stay readable here for a while
         (`_recent`, bounded by `RECENT_LIMIT` and `result_ttl`), so the
         instance that ran a task answers reads of its result without a round
-        trip. Terminal records never change, so the copy cannot go stale; it
-        may only outlive a trim by `max_finished` done elsewhere, by seconds.
+        trip. Terminal records never change, so the local one is the one
+        written and the copy cannot go stale; it may only outlive a trim by
+        `max_finished` done elsewhere, by seconds.
         """
         local = self._local
         recent = self._recent
         extras = self._cancel_reasons or self._seqs
-        if recent is None and V_RUNNING not in statuses_of(records):
+        if recent is None and len(records) >= BURST and V_RUNNING not in statuses_of(records):
             # All final (the usual burst) and kept by a store in this process: the
-            # local copies go at once. A final record never changes, so the one
-            # here is the one written.
+            # local copies go at once.
             ids = list(ids_of(records))
             pop_all(local, ids)
             if extras:
@@ -578,11 +579,8 @@ class TaskManager:
         for rec in records:
             if rec[STATUS] != V_RUNNING:
                 task_id = rec[TASK_ID]
-                current = local.pop(task_id, None)  # one lookup where most match
-                if current is not rec:
-                    if current is not None:
-                        local[task_id] = current  # a newer record: not written yet
-                    continue
+                if local.pop(task_id, None) is None:
+                    continue  # forgotten already
                 if recent is not None:
                     recent[task_id] = rec
                 if extras:

@@ -26,6 +26,7 @@ from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from .._live import (
+    BURST,
     FINISHED_AT,
     INSTANCE_ID,
     ITEM_ID,
@@ -113,43 +114,15 @@ class MemoryStore:
 
     def save_now(self, batch: WriteBatch) -> None:
         """`save` without the coroutine: the memory store never waits."""
-        records = batch.records
-        # The usual burst: tasks that started and ended in one loop turn, all new
-        # here. Checked, then stored, with no Python code per record.
-        if records and (V_RUNNING in statuses_of(records) or not self._add_finished(records)):
-            self._save_each(records)
-        for task_id, chunks in batch.outputs.items():
-            if task_id not in self._live and task_id not in self._done:
-                continue
-            stream = self._outputs.get(task_id)
-            if stream is None:
-                stream = self._outputs[task_id] = deque(maxlen=self.retention.max_output)
-            stream.extend(chunks)
-        if self._finished:
-            self._evict(batch.now or time.time())
-
-    def _add_finished(self, records: list[Live]) -> bool:
-        """Store terminal records if their tasks are all new here (else False)."""
-        ids = list(ids_of(records))
-        first = self._seq + 1
-        positions = dict(zip(ids, range(first, first + len(ids)), strict=True))
-        if len(positions) < len(ids) or not self._order.keys().isdisjoint(positions):
-            return False  # known ones, or an id twice (the first write counts)
-        self._order.update(positions)
-        self._seq += len(ids)
-        if any(user_ids_of(records)) or any(item_ids_of(records)):
-            index = self._index
-            for rec in records:
-                if rec[USER_ID] is not None:
-                    index.by_user.setdefault(rec[USER_ID], {})[rec[TASK_ID]] = None
-                if rec[ITEM_ID] is not None:
-                    index.by_item.setdefault(rec[ITEM_ID], {})[rec[TASK_ID]] = None
-        self._done.update(zip(ids, records, strict=True))
-        self._finished.extend(ids)
-        return True
-
-    def _save_each(self, records: list[Live]) -> None:
-        """Store records one by one: running ones, and changes of known tasks."""
+        records: Sequence[Live] = batch.records
+        # A burst: tasks that started and ended in one loop turn, all new here.
+        # Checked, then stored, with no Python code per record.
+        if (
+            len(records) >= BURST
+            and V_RUNNING not in statuses_of(records)
+            and self._add_finished(batch.records)
+        ):
+            records = ()
         live = self._live
         done = self._done
         order = self._order
@@ -190,24 +163,73 @@ class MemoryStore:
             done[task_id] = rec
             finished.append(task_id)
         self._seq = seq
+        for task_id, chunks in batch.outputs.items():
+            if task_id not in live and task_id not in done:
+                continue
+            stream = self._outputs.get(task_id)
+            if stream is None:
+                stream = self._outputs[task_id] = deque(maxlen=self.retention.max_output)
+            stream.extend(chunks)
+        if finished:
+            self._evict(batch.now or time.time())
+
+    def _add_finished(self, records: list[Live]) -> bool:
+        """Store terminal records if their tasks are all new here (else False)."""
+        ids = list(ids_of(records))
+        first = self._seq + 1
+        positions = dict(zip(ids, range(first, first + len(ids)), strict=True))
+        if len(positions) < len(ids) or not self._order.keys().isdisjoint(positions):
+            return False  # known ones, or an id twice (the first write counts)
+        self._order.update(positions)
+        self._seq += len(ids)
+        if any(user_ids_of(records)) or any(item_ids_of(records)):
+            index = self._index
+            for rec in records:
+                if rec[USER_ID] is not None:
+                    index.by_user.setdefault(rec[USER_ID], {})[rec[TASK_ID]] = None
+                if rec[ITEM_ID] is not None:
+                    index.by_item.setdefault(rec[ITEM_ID], {})[rec[TASK_ID]] = None
+        self._done.update(zip(ids, records, strict=True))
+        self._finished.extend(ids)
+        return True
 
     def _evict(self, now: float) -> None:
         """Drop the finished records beyond `max_finished` and those past `result_ttl`,
         oldest finished first, with their index entries and output."""
         finished = self._finished
-        popleft = finished.popleft
         excess = len(finished) - self.retention.max_finished
-        gone = [popleft() for _ in range(excess)]
+        if excess >= BURST:  # a burst over the bound
+            popleft = finished.popleft
+            self._drop_many([popleft() for _ in range(excess)])
+            excess = 0
         cutoff = now - self.retention.result_ttl
         done = self._done
-        while finished and (done[finished[0]][FINISHED_AT] or 0.0) <= cutoff:
-            gone.append(popleft())
-        if not gone:
-            return
+        order = self._order
+        by_user = self._index.by_user
+        by_item = self._index.by_item
+        outputs = self._outputs
+        while finished:
+            task_id = finished[0]
+            if excess <= 0 and (done[task_id][FINISHED_AT] or 0.0) > cutoff:
+                break
+            finished.popleft()
+            excess -= 1
+            rec = done.pop(task_id)
+            del order[task_id]
+            if by_user and rec[USER_ID] is not None:
+                _discard(by_user, rec[USER_ID], task_id)
+            if by_item and rec[ITEM_ID] is not None:
+                _discard(by_item, rec[ITEM_ID], task_id)
+            if outputs:
+                outputs.pop(task_id, None)
+
+    def _drop_many(self, gone: list[str]) -> None:
+        """Forget finished tasks (taken off `_finished`), in C where indexes allow."""
         pop_all(self._order, gone)
         by_user = self._index.by_user
         by_item = self._index.by_item
         if by_user or by_item:
+            done = self._done
             for task_id in gone:
                 rec = done.pop(task_id)
                 if rec[USER_ID] is not None:
@@ -215,7 +237,7 @@ class MemoryStore:
                 if rec[ITEM_ID] is not None:
                     _discard(by_item, rec[ITEM_ID], task_id)
         else:
-            pop_all(done, gone)
+            pop_all(self._done, gone)
         if self._outputs:
             pop_all(self._outputs, gone)
 
