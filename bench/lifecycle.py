@@ -9,7 +9,11 @@ taskward's `result()` is the counterpart of `await task` and `job.wait()`; the
 last line reads each outcome as a record (`wait()`, a copy per call) instead.
 A taskward round ends once its write-behind flush has stored every outcome.
 
-    python bench/lifecycle.py [--sizes 10000 100000] [--repeat 5]
+Then the same one task at a time (created, then awaited, before the next), as
+an application that is not under load runs them: each round of the write-behind
+flush then carries a single task.
+
+    python bench/lifecycle.py [--sizes 10000 100000] [--repeat 8] [--one-at-a-time 5000]
 """
 
 from __future__ import annotations
@@ -72,6 +76,32 @@ def with_taskward_records(tm: TaskManager) -> Callable[[int], Awaitable[None]]:
     return run
 
 
+async def bare_asyncio_one_by_one(n: int) -> None:
+    for i in range(n):
+        if await asyncio.create_task(trivial(i)) != i:
+            raise AssertionError("wrong result")
+
+
+async def with_aiojobs_one_by_one(n: int) -> None:
+    scheduler = aiojobs.Scheduler(limit=None, pending_limit=0)
+    try:
+        for i in range(n):
+            if await (await scheduler.spawn(trivial(i))).wait() != i:
+                raise AssertionError("wrong result")
+    finally:
+        await scheduler.close()
+
+
+def with_taskward_one_by_one(tm: TaskManager) -> Callable[[int], Awaitable[None]]:
+    async def run(n: int) -> None:
+        for i in range(n):
+            if await tm.result(await tm.create_task(trivial(i))) != i:
+                raise AssertionError("wrong result")
+        await settled(tm)
+
+    return run
+
+
 async def settled(tm: TaskManager) -> None:
     """Wait for the write-behind flush of the round (it stores every outcome), so the
     round pays for it rather than whichever contender runs next."""
@@ -105,7 +135,7 @@ async def once(fn: Callable[[int], Awaitable[None]], n: int) -> tuple[float, flo
     return elapsed / n * 1e6, (GC_CLOCK.seconds - in_gc) / n * 1e6
 
 
-async def main(sizes: list[int], repeat: int) -> None:
+async def main(sizes: list[int], repeat: int, one_at_a_time: int) -> None:
     # One manager, kept across rounds like an application's: the results it
     # keeps (up to max_finished) are part of what it costs.
     async with TaskManager(max_finished=max(sizes)) as tm:
@@ -123,27 +153,45 @@ async def main(sizes: list[int], repeat: int) -> None:
             f"{'tasks':>8}  {'contender':<30} {'us/task':>8}  {'vs asyncio':>10}"
             f"  {'of which in the garbage collector':>33}"
         )
+        one_by_one: list[tuple[str, Callable[[int], Awaitable[None]]]] = [
+            ("asyncio, one at a time", bare_asyncio_one_by_one),
+            ("aiojobs, one at a time", with_aiojobs_one_by_one),
+            ("taskward, one at a time", with_taskward_one_by_one(tm)),
+        ]
         gc.callbacks.append(GC_CLOCK)
         try:
             for n in sizes:
-                best = [(float("inf"), 0.0)] * len(contenders)
-                for round_no in range(repeat):
-                    for k in range(len(contenders)):
-                        i = (round_no + k) % len(contenders)
-                        best[i] = min(best[i], await once(contenders[i][1], n))
-                base = best[0][0]
-                for (name, _), (us, in_gc) in zip(contenders, best, strict=True):
-                    print(
-                        f"{n:>8}  {name:<30} {us:>8.2f}  {us / base:>9.2f}x"
-                        f"  {in_gc:>25.2f} us ({in_gc / us:.0%})"
-                    )
+                await compare(contenders, n, repeat)
+            if one_at_a_time:
+                print("each task created and awaited before the next (the loop turns between)")
+                await compare(one_by_one, one_at_a_time, repeat)
         finally:
             gc.callbacks.remove(GC_CLOCK)
+
+
+async def compare(
+    contenders: list[tuple[str, Callable[[int], Awaitable[None]]]], n: int, repeat: int
+) -> None:
+    """Best of `repeat` interleaved rounds of each contender; the first is the baseline."""
+    best = [(float("inf"), 0.0)] * len(contenders)
+    for round_no in range(repeat):
+        for k in range(len(contenders)):
+            i = (round_no + k) % len(contenders)
+            best[i] = min(best[i], await once(contenders[i][1], n))
+    base = best[0][0]
+    for (name, _), (us, in_gc) in zip(contenders, best, strict=True):
+        print(
+            f"{n:>8}  {name:<30} {us:>8.2f}  {us / base:>9.2f}x"
+            f"  {in_gc:>25.2f} us ({in_gc / us:.0%})"
+        )
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
     parser.add_argument("--repeat", type=int, default=8)
+    parser.add_argument(
+        "--one-at-a-time", type=int, default=5000, help="tasks in the sequential rounds (0: none)"
+    )
     args = parser.parse_args()
-    asyncio.run(main(args.sizes, args.repeat))
+    asyncio.run(main(args.sizes, args.repeat, args.one_at_a_time))

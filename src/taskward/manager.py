@@ -750,11 +750,15 @@ class TaskManager:
         Waiting is woken by the task's own finish (here) or by its event (from
         another instance), with a slow re-read of the store as a safety net.
         """
-        # Already terminal (the common case): no coroutine for the waiting path.
-        rec = self._peek(task_id, user_id) if timeout is None else None
-        if rec is None or rec.status is _RUNNING:
-            rec = await self._terminal(task_id, timeout, user_id)
-        return rec
+        if timeout is None:
+            # Already terminal (the common case), or running here: waited for here,
+            # with one record made at the end.
+            if self._runs_here(task_id, user_id):
+                await self._add_waiter(task_id)
+            rec = self._peek(task_id, user_id)
+            if rec is not None and rec.status is not _RUNNING:
+                return rec
+        return await self._terminal(task_id, timeout, user_id)
 
     async def result(
         self, task_id: str, timeout: float | None = None, user_id: str | None = None
@@ -767,6 +771,9 @@ class TaskManager:
         """
         if timeout is None:  # a finished task's outcome, without making a record
             live = self._local.get(task_id)
+            if live is not None and self._runs_here(task_id, user_id):
+                await self._add_waiter(task_id)  # its end, here: no timer, no record
+                live = self._local.get(task_id)
             if live is None and self._kept is not None:
                 live = self._kept(task_id)
             if (
@@ -782,6 +789,15 @@ class TaskManager:
         if rec.status is _COMPLETED:
             return rec.result
         raise TaskFailed(rec.task_id, rec.status, rec.error)
+
+    def _runs_here(self, task_id: str, user_id: str | None) -> bool:
+        """Whether the task is running on this instance (and is the user's)."""
+        live = self._local.get(task_id)
+        return (
+            live is not None
+            and live[STATUS] == V_RUNNING
+            and (user_id is None or live[USER_ID] == user_id)
+        )
 
     async def _terminal(
         self, task_id: str, timeout: float | None, user_id: str | None
