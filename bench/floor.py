@@ -27,12 +27,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import time
 from collections import deque
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
+from lifecycle import bare_asyncio, best_of, trivial, with_taskward
 from taskward import TaskManager
 from taskward._ids import new_task_id
 from taskward._live import (
@@ -113,34 +113,14 @@ class Floor:
             await fut
 
 
-async def trivial(i: int) -> int:
-    return i
-
-
-async def bare_asyncio(n: int) -> None:
-    tasks = [asyncio.create_task(trivial(i)) for i in range(n)]
-    for i, task in enumerate(tasks):
-        if await task != i:
-            raise AssertionError("wrong result")
-
-
-def tracked(manager: Floor | TaskManager) -> Callable[[int], Awaitable[None]]:
+def with_floor(floor: Floor) -> Callable[[int], Awaitable[None]]:
     async def run(n: int) -> None:
-        ids = [await manager.create_task(trivial(i)) for i in range(n)]
+        ids = [await floor.create_task(trivial(i)) for i in range(n)]
         for i, task_id in enumerate(ids):
-            if await manager.result(task_id) != i:
+            if await floor.result(task_id) != i:
                 raise AssertionError("wrong result")
-        if isinstance(manager, TaskManager):
-            await manager.records(limit=1)  # its write-behind flush, as in lifecycle.py
 
     return run
-
-
-async def once(fn: Callable[[int], Awaitable[None]], n: int) -> float:
-    gc.collect()
-    start = time.perf_counter()
-    await fn(n)
-    return (time.perf_counter() - start) / n * 1e6
 
 
 async def main(sizes: list[int], repeat: int) -> None:
@@ -148,13 +128,8 @@ async def main(sizes: list[int], repeat: int) -> None:
     print(f"{'tasks':>8}  {'asyncio':>8}  {'floor':>14}  {'taskward':>14}  {'taskward/floor':>14}")
     for n in sizes:
         async with TaskManager(max_finished=n) as tm:
-            contenders = [bare_asyncio, tracked(Floor(n)), tracked(tm)]
-            best = [float("inf")] * len(contenders)
-            for round_no in range(repeat):
-                for k in range(len(contenders)):
-                    i = (round_no + k) % len(contenders)
-                    best[i] = min(best[i], await once(contenders[i], n))
-        base, floor, ours = best
+            best = await best_of([bare_asyncio, with_floor(Floor(n)), with_taskward(tm)], n, repeat)
+        (base, _), (floor, _), (ours, _) = best
         print(
             f"{n:>8}  {base:>8.2f}  {floor:>6.2f} ({floor / base:.2f}x)"
             f"  {ours:>6.2f} ({ours / base:.2f}x)  {ours / floor:>13.2f}x"

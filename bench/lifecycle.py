@@ -169,15 +169,25 @@ async def main(sizes: list[int], repeat: int, one_at_a_time: int) -> None:
             gc.callbacks.remove(GC_CLOCK)
 
 
+async def best_of(
+    fns: list[Callable[[int], Awaitable[None]]], n: int, repeat: int
+) -> list[tuple[float, float]]:
+    """Per contender, its best of `repeat` rounds of `n` tasks (microseconds per
+    task, and of them in the collector); the contenders take turns, the order
+    rotating."""
+    best = [(float("inf"), 0.0)] * len(fns)
+    for round_no in range(repeat):
+        for k in range(len(fns)):
+            i = (round_no + k) % len(fns)
+            best[i] = min(best[i], await once(fns[i], n))
+    return best
+
+
 async def compare(
     contenders: list[tuple[str, Callable[[int], Awaitable[None]]]], n: int, repeat: int
 ) -> None:
-    """Best of `repeat` interleaved rounds of each contender; the first is the baseline."""
-    best = [(float("inf"), 0.0)] * len(contenders)
-    for round_no in range(repeat):
-        for k in range(len(contenders)):
-            i = (round_no + k) % len(contenders)
-            best[i] = min(best[i], await once(contenders[i][1], n))
+    """Print each contender's best against the first's, the baseline."""
+    best = await best_of([fn for _, fn in contenders], n, repeat)
     base = best[0][0]
     for (name, _), (us, in_gc) in zip(contenders, best, strict=True):
         print(
