@@ -198,11 +198,13 @@ class MemoryStore:
         oldest finished first, with their index entries and output."""
         finished = self._finished
         excess = len(finished) - self.retention.max_finished
+        cutoff = now - self.retention.result_ttl
+        if excess <= 0 and (not finished or (self._done[finished[0]][FINISHED_AT] or 0.0) > cutoff):
+            return  # nothing due: the usual case of a write between bursts
         if excess >= BURST:  # a burst over the bound
             popleft = finished.popleft
             self._drop_many([popleft() for _ in range(excess)])
             excess = 0
-        cutoff = now - self.retention.result_ttl
         done = self._done
         order = self._order
         by_user = self._index.by_user
