@@ -320,6 +320,32 @@ async def test_wait_raises_task_not_found(tm: TaskManager) -> None:
     assert (await tm.wait(mine, timeout=1, user_id="alice")).result == 1
 
 
+async def test_waits_without_a_timeout_on_a_running_task_of_this_instance(
+    tm: TaskManager,
+) -> None:
+    """Another user's running task is not found at once (not waited for); its owner's
+    result() and wait() return when it ends, wait() with the final record."""
+    release = asyncio.Event()
+    task_id = await tm.create_task(blocked(release), user_id="alice")
+    with pytest.raises(TaskNotFound):
+        await asyncio.wait_for(tm.result(task_id, user_id="bob"), 1)
+    with pytest.raises(TaskNotFound):
+        await asyncio.wait_for(tm.wait(task_id, user_id="bob"), 1)
+    result = asyncio.create_task(tm.result(task_id, user_id="alice"))
+    record = asyncio.create_task(tm.wait(task_id))
+    await asyncio.sleep(0.01)
+    assert not result.done()
+    assert not record.done()
+    release.set()
+    assert await result == "released"
+    rec = await record
+    assert (rec.status, rec.result) == (TaskStatus.COMPLETED, "released")
+    failing = await tm.create_task(fail("no"), user_id="alice")
+    with pytest.raises(TaskFailed) as info:
+        await tm.result(failing)
+    assert info.value.status is TaskStatus.FAILED
+
+
 # -- max_runtime -------------------------------------------------------------------------
 
 
