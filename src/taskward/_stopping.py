@@ -151,7 +151,7 @@ def fence_new_task(manager: TaskManager, rec: Live) -> None:
             task_id = rec[TASK_ID]
             manager._update(rec, {STOP_REQUESTED_AT: _time()})
             manager._cancel(task_id, STOP_REASON)  # not started yet: recorded cancelled right here
-            now = manager._peek(task_id, None)  # written through to a store here, or local
+            now = manager._peek(task_id, None)  # its final record, local or already written
             status = _CANCELLED if now is None else now.status
             fence.results[task_id] = StopResult(task_id, StopOutcome.CANCELLED, status)
             return
