@@ -42,10 +42,12 @@ class Flusher:
         self._outputs: dict[str, list[OutputChunk]] = {}
         self._events: list[TaskEvent] = []
         self._sync_waiters: list[asyncio.Future[None]] = []
-        self._wakeup = asyncio.Event()
         self._online = asyncio.Event()
         self._online.set()
+        # Set when there is something to write, until the flush that takes it;
+        # `_waiter` is the flusher's own future while it waits for that.
         self._kicked = False
+        self._waiter: asyncio.Future[None] | None = None
         self._flushing = False
         self._task: asyncio.Task[None] | None = None
 
@@ -60,8 +62,7 @@ class Flusher:
     def mark(self, rec: Live) -> None:
         self._dirty[rec[TASK_ID]] = rec
         if not self._kicked:
-            self._kicked = True
-            self._wakeup.set()
+            self._kick()
 
     def add_output(self, task_id: str, chunk: OutputChunk) -> None:
         chunks = self._outputs.get(task_id)
@@ -70,14 +71,19 @@ class Flusher:
         else:
             chunks.append(chunk)
         if not self._kicked:
-            self._kicked = True
-            self._wakeup.set()
+            self._kick()
 
     def add_event(self, event: TaskEvent) -> None:
         self._events.append(event)
         if not self._kicked:
-            self._kicked = True
-            self._wakeup.set()
+            self._kick()
+
+    def _kick(self) -> None:
+        """Have the flusher write soon (it lets the current loop turn finish first)."""
+        self._kicked = True
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def pause(self) -> None:
         """The store went away: hold writes until `resume()`."""
@@ -85,8 +91,7 @@ class Flusher:
 
     def resume(self) -> None:
         self._online.set()
-        self._kicked = True
-        self._wakeup.set()
+        self._kick()
 
     async def sync(self, timeout: float | None = None) -> None:
         """Return once everything marked so far has been written (or the store is away).
@@ -101,8 +106,7 @@ class Flusher:
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
         self._sync_waiters.append(fut)
-        self._kicked = True
-        self._wakeup.set()
+        self._kick()
         if timeout is None:
             await fut
             return
@@ -114,10 +118,15 @@ class Flusher:
             timer.cancel()
 
     async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
-            await self._wakeup.wait()
+            if not self._kicked:
+                self._waiter = loop.create_future()
+                try:
+                    await self._waiter
+                finally:
+                    self._waiter = None
             await asyncio.sleep(0)  # let the tasks scheduled in this turn finish first
-            self._wakeup.clear()
             self._kicked = False
             if not self._online.is_set():
                 wake_all(self._take_waiters())
