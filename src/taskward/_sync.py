@@ -172,7 +172,8 @@ class Flusher:
                 await manager._bus.publish(coalesce(events))
             except Exception as exc:  # noqa: BLE001 - events are wake-ups; the store has the truth
                 logger.warning("could not publish %d events: %s", len(events), exc)
-        wake_all(waiters)
+        if waiters:
+            wake_all(waiters)
 
     def _requeue(
         self,
