@@ -771,7 +771,11 @@ class TaskManager:
         """
         if timeout is None:  # a finished task's outcome, without making a record
             live = self._local.get(task_id)
-            if live is not None and self._runs_here(task_id, user_id):
+            if (  # `_runs_here`, inline: this is every result() read
+                live is not None
+                and live[STATUS] == V_RUNNING
+                and (user_id is None or live[USER_ID] == user_id)
+            ):
                 await self._add_waiter(task_id)  # its end, here: no timer, no record
                 live = self._local.get(task_id)
             if live is None and self._kept is not None:
