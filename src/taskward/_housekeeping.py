@@ -126,7 +126,8 @@ class Housekeeper:
             if now is not None and now.status is not _RUNNING and local.get(task_id) is rec:
                 ended_at = now.finished_at if now.finished_at is not None else now.updated_at
                 local[task_id] = finished(rec, now.status.value, None, now.error, ended_at)
-        for task_id in [rec[TASK_ID] for rec in started]:
+        for rec in started:
+            task_id = rec[TASK_ID]
             current = local.get(task_id)  # None: finished and written meanwhile
             if current is None:
                 continue
@@ -134,7 +135,7 @@ class Housekeeper:
             if status != V_RUNNING:
                 logger.warning("task %s was marked %s elsewhere: cancelling it", task_id, status)
                 manager._cancel(task_id, f"marked {status} while this instance was presumed dead")
-                manager._flusher.mark(current)  # so it leaves the local table once written
+                manager._mark(current)  # so it leaves the local table once written
                 manager._wake(task_id)
 
     async def _reap(self) -> None:

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from ._records import EMPTY, STATUS_BY_VALUE, TaskError, TaskEvent, TaskRecord, TaskStatus
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Iterator, Mapping
+    from collections.abc import Iterable, Mapping
 
 __all__ = [
     "BURST",
@@ -51,14 +51,14 @@ __all__ = [
     "event_of",
     "finished",
     "from_record",
-    "ids_of",
-    "item_ids_of",
+    "item_id_of",
     "outcome",
     "pop_all",
     "replace",
     "snapshot",
-    "statuses_of",
-    "user_ids_of",
+    "status_of",
+    "task_id_of",
+    "user_id_of",
 ]
 
 # The status a live record holds: a `TaskStatus` value, as a plain str.
@@ -97,38 +97,20 @@ Live = tuple[Any, ...]
     MAX_RUNTIME,
 ) = range(21)
 
-_ID = itemgetter(TASK_ID)
-_STATUS = itemgetter(STATUS)
-_USER = itemgetter(USER_ID)
-_ITEM = itemgetter(ITEM_ID)
-
-
 # -- a burst at once ---------------------------------------------------------
 # A flush hands a store the records of every task that changed in a loop turn,
-# thousands in a burst. These go over them in C, no Python code per record:
-# `statuses_of(records)` is an iterator of their statuses, and so on.
+# thousands in a burst. These go over them in C, with no Python code per record:
+# `map(status_of, records)` iterates their statuses, `pop_all` drops keys.
 
+status_of = itemgetter(STATUS)
+task_id_of = itemgetter(TASK_ID)
+user_id_of = itemgetter(USER_ID)
+item_id_of = itemgetter(ITEM_ID)
 
 # Below this many records a loop in Python costs less than setting up the
 # iterators (measured: one record at a time, the bulk path cost 37k more
 # instructions per task than the loop).
 BURST = 32
-
-
-def ids_of(records: Iterable[Live]) -> Iterator[str]:
-    return map(_ID, records)
-
-
-def statuses_of(records: Iterable[Live]) -> Iterator[str]:
-    return map(_STATUS, records)
-
-
-def user_ids_of(records: Iterable[Live]) -> Iterator[str | None]:
-    return map(_USER, records)
-
-
-def item_ids_of(records: Iterable[Live]) -> Iterator[str | None]:
-    return map(_ITEM, records)
 
 
 def pop_all(table: dict[str, Any], keys: Iterable[str]) -> None:

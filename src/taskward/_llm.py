@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING, Any
 from . import _envelopes as env
 from ._checks import check_positive, close_if_coroutine, is_coroutine
 from ._ids import check_id, check_optional_id
-from ._live import STATUS, V_RUNNING
 from ._records import TaskError, TaskStatus
 from .errors import TaskNotFound, TaskTimeout
 
@@ -127,8 +126,7 @@ async def execute(
         channel_id=channel_id,
         platform=platform,
     )
-    live = manager._local.get(task_id)
-    if live is not None and live[STATUS] == V_RUNNING and wait_for > 0:
+    if wait_for > 0 and manager._runs_here(task_id, None):
         await asyncio.wait((manager._add_waiter(task_id),), timeout=wait_for)
     # Local, or (when it finished and was written while create_task synced with
     # a shared store) from the store.

@@ -66,8 +66,7 @@ async def stop_task(manager: TaskManager, task_id: str, user_id: str | None) -> 
             # Leave the same durable trace as a stop from elsewhere, in the
             # background: a stop here must work while the store is away.
             manager._background(manager._store.request_stop(task_id, requested_at))
-        now = manager._local.get(task_id)
-        if now is not None and now[STATUS] == V_RUNNING:
+        if manager._runs_here(task_id, None):
             await asyncio.wait((manager._add_waiter(task_id),), timeout=manager.stop_timeout)
         outcome = stop_outcome(task_id, await manager._lookup(task_id, None))
         await manager._flusher.sync(SYNC_TIMEOUT)  # what we answer is what others read

@@ -50,12 +50,12 @@ from ._live import (
     Live,
     event_of,
     finished,
-    ids_of,
     outcome,
     pop_all,
     replace,
     snapshot,
-    statuses_of,
+    status_of,
+    task_id_of,
 )
 from ._records import OutputChunk, TaskError, TaskEvent, TaskRecord, TaskStatus
 from ._stopping import fence_new_task, stop_local
@@ -567,10 +567,10 @@ class TaskManager:
         local = self._local
         recent = self._recent
         extras = self._cancel_reasons or self._seqs
-        if recent is None and len(records) >= BURST and V_RUNNING not in statuses_of(records):
+        if recent is None and len(records) >= BURST and V_RUNNING not in map(status_of, records):
             # All final (the usual burst) and kept by a store in this process: the
             # local copies go at once.
-            ids = list(ids_of(records))
+            ids = list(map(task_id_of, records))
             pop_all(local, ids)
             if extras:
                 pop_all(self._cancel_reasons, ids)
@@ -771,11 +771,8 @@ class TaskManager:
         """
         if timeout is None:  # a finished task's outcome, without making a record
             live = self._local.get(task_id)
-            if (  # `_runs_here`, inline: this is every result() read
-                live is not None
-                and live[STATUS] == V_RUNNING
-                and (user_id is None or live[USER_ID] == user_id)
-            ):
+            # (The status first: a finished task, the usual read, makes no call.)
+            if live is not None and live[STATUS] == V_RUNNING and self._runs_here(task_id, user_id):
                 await self._add_waiter(task_id)  # its end, here: no timer, no record
                 live = self._local.get(task_id)
             if live is None and self._kept is not None:

@@ -8,7 +8,8 @@ in that turn; stores keep these writes cheap by batching them (one pipeline).
 
 Records passed to `save()` are the owners' live records (`Live`, plain tuples
 the owner replaces as its tasks change; see `_live.py`): a store may keep them
-as they are, must never hand them out, and reads return fresh `TaskRecord`s. `taskward._live.from_record` turns a `TaskRecord` into one.
+as they are, must never hand them out, and reads return fresh `TaskRecord`s.
+`taskward._live.from_record` turns a `TaskRecord` into one.
 """
 
 from __future__ import annotations

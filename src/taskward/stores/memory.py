@@ -38,13 +38,13 @@ from .._live import (
     V_RUNNING,
     Live,
     finished,
-    ids_of,
-    item_ids_of,
+    item_id_of,
     pop_all,
     replace,
     snapshot,
-    statuses_of,
-    user_ids_of,
+    status_of,
+    task_id_of,
+    user_id_of,
 )
 from .._records import OutputChunk, TaskError, TaskRecord, TaskStatus
 from .base import Page, Retention, WriteBatch
@@ -119,8 +119,8 @@ class MemoryStore:
         # Checked, then stored, with no Python code per record.
         if (
             len(records) >= BURST
-            and V_RUNNING not in statuses_of(records)
-            and self._add_finished(batch.records)
+            and V_RUNNING not in map(status_of, records)
+            and self._add_finished(records)
         ):
             records = ()
         live = self._live
@@ -173,16 +173,16 @@ class MemoryStore:
         if finished:
             self._evict(batch.now or time.time())
 
-    def _add_finished(self, records: list[Live]) -> bool:
+    def _add_finished(self, records: Sequence[Live]) -> bool:
         """Store terminal records if their tasks are all new here (else False)."""
-        ids = list(ids_of(records))
+        ids = list(map(task_id_of, records))
         first = self._seq + 1
         positions = dict(zip(ids, range(first, first + len(ids)), strict=True))
         if len(positions) < len(ids) or not self._order.keys().isdisjoint(positions):
             return False  # known ones, or an id twice (the first write counts)
         self._order.update(positions)
         self._seq += len(ids)
-        if any(user_ids_of(records)) or any(item_ids_of(records)):
+        if any(map(user_id_of, records)) or any(map(item_id_of, records)):
             index = self._index
             for rec in records:
                 if rec[USER_ID] is not None:
@@ -199,47 +199,32 @@ class MemoryStore:
         finished = self._finished
         excess = len(finished) - self.retention.max_finished
         cutoff = now - self.retention.result_ttl
-        if excess <= 0 and (not finished or (self._done[finished[0]][FINISHED_AT] or 0.0) > cutoff):
-            return  # nothing due: the usual case of a write between bursts
-        if excess >= BURST:  # a burst over the bound
-            popleft = finished.popleft
-            self._drop_many([popleft() for _ in range(excess)])
-            excess = 0
+        done = self._done
+        gone: list[str] = []
+        while finished and (excess > 0 or (done[finished[0]][FINISHED_AT] or 0.0) <= cutoff):
+            gone.append(finished.popleft())
+            excess -= 1
+        if gone:
+            self._drop(gone)
+
+    def _drop(self, gone: list[str]) -> None:
+        """Forget finished tasks taken off `_finished`: records, positions, index
+        entries and output (a burst of them in C, where no index needs a record)."""
         done = self._done
         order = self._order
         by_user = self._index.by_user
         by_item = self._index.by_item
-        outputs = self._outputs
-        while finished:
-            task_id = finished[0]
-            if excess <= 0 and (done[task_id][FINISHED_AT] or 0.0) > cutoff:
-                break
-            finished.popleft()
-            excess -= 1
-            rec = done.pop(task_id)
-            del order[task_id]
-            if by_user and rec[USER_ID] is not None:
-                _discard(by_user, rec[USER_ID], task_id)
-            if by_item and rec[ITEM_ID] is not None:
-                _discard(by_item, rec[ITEM_ID], task_id)
-            if outputs:
-                outputs.pop(task_id, None)
-
-    def _drop_many(self, gone: list[str]) -> None:
-        """Forget finished tasks (taken off `_finished`), in C where indexes allow."""
-        pop_all(self._order, gone)
-        by_user = self._index.by_user
-        by_item = self._index.by_item
-        if by_user or by_item:
-            done = self._done
+        if len(gone) >= BURST and not (by_user or by_item):
+            pop_all(done, gone)
+            pop_all(order, gone)
+        else:
             for task_id in gone:
                 rec = done.pop(task_id)
+                del order[task_id]
                 if rec[USER_ID] is not None:
                     _discard(by_user, rec[USER_ID], task_id)
                 if rec[ITEM_ID] is not None:
                     _discard(by_item, rec[ITEM_ID], task_id)
-        else:
-            pop_all(self._done, gone)
         if self._outputs:
             pop_all(self._outputs, gone)
 
@@ -247,20 +232,12 @@ class MemoryStore:
 
     def peek(self, task_id: str) -> TaskRecord | None:
         """`get` without the coroutine, for the manager: a fresh record or None."""
-        rec = self._live.get(task_id)
-        if rec is not None:
-            return snapshot(rec)
-        rec = self._done.get(task_id)
+        rec = self._live.get(task_id) or self.kept(task_id)
         if rec is None:
-            return None
-        if self._expired(rec):
-            self._evict(time.time())  # gone for readers, whether or not writes come
+            if task_id in self._done:  # expired: gone for readers, whether or not writes come
+                self._evict(time.time())
             return None
         return snapshot(rec)
-
-    def _expired(self, rec: Live) -> bool:
-        finished_at = rec[FINISHED_AT]
-        return finished_at is not None and finished_at + self.retention.result_ttl <= time.time()
 
     def kept(self, task_id: str) -> Live | None:
         """A terminal task's record as kept (a tuple: nothing to copy), or None.
@@ -270,7 +247,7 @@ class MemoryStore:
         rec = self._done.get(task_id)
         if rec is None:
             return None
-        finished_at = rec[FINISHED_AT]  # `_expired`, inline: this is every result() read
+        finished_at = rec[FINISHED_AT]
         if finished_at is not None and finished_at + self.retention.result_ttl <= time.time():
             return None
         return rec
