@@ -166,7 +166,7 @@ async def op_list(tm: TaskManager, cmd: dict[str, Any]) -> dict[str, Any]:
 
 
 async def op_wait(tm: TaskManager, cmd: dict[str, Any]) -> dict[str, Any]:
-    rec = await tm.wait(cmd["task_id"], cmd.get("timeout"), cmd.get("user_id"))
+    rec = await tm.wait(cmd["task_id"], cmd.get("timeout"), user_id=cmd.get("user_id"))
     return {"record": rec.to_dict()}
 
 
@@ -192,9 +192,9 @@ async def op_stats(tm: TaskManager, cmd: dict[str, Any]) -> dict[str, Any]:
     # Private state, read for tests only: handles kept, writes queued, outage mode.
     return {
         "running": tm.running_count,
-        "local": len(tm._local),
+        "local": len(tm._table.rows),
         "backlog": tm._flusher.backlog,
-        "connected": tm._connected,
+        "connected": tm._keeper.connected,
     }
 
 

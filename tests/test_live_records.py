@@ -17,6 +17,7 @@ from taskward._live import (
     replace,
     snapshot,
 )
+from taskward.stores.base import InProcessStore
 
 
 def full_record() -> TaskRecord:
@@ -89,10 +90,11 @@ async def test_the_collector_does_not_track_a_running_or_kept_record() -> None:
         await tm.wait(done, timeout=2)
         await asyncio.sleep(0)
         gc.collect()
-        assert not gc.is_tracked(tm._local[running])
+        assert not gc.is_tracked(tm._table.rows[running])
         await tm.records(limit=1)  # written: the store keeps the finished tuple
         gc.collect()
-        kept = tm._kept(done) if tm._kept is not None else None
+        assert isinstance(tm._store, InProcessStore)
+        kept = tm._store.kept(done)
         assert kept is not None
         assert not gc.is_tracked(kept)
         release.set()
@@ -109,10 +111,10 @@ async def test_written_final_records_leave_the_local_table_and_running_ones_stay
                 finished(from_record(TaskRecord(f"t{i}")), "completed", i, None, 1.0)
                 for i in range(size)
             ]
-            tm._local.update({rec[0]: rec for rec in [running, *written]})
-            tm._forget(written)
-            tm._forget(written)  # again: nothing left to drop
-            assert tm._local == {"r": running}
-            tm._forget([running])
-            assert tm._local == {"r": running}
-            tm._local.clear()
+            tm._table.rows.update({rec[0]: rec for rec in [running, *written]})
+            tm._table.forget(written)
+            tm._table.forget(written)  # again: nothing left to drop
+            assert tm._table.rows == {"r": running}
+            tm._table.forget([running])
+            assert tm._table.rows == {"r": running}
+            tm._table.rows.clear()

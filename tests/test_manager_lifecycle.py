@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-import taskward.manager
+import taskward._reads
 from helpers import Peers, blocked, fail, forever, no_unawaited_coroutines, swallow, value
 from taskward import (
     TERMINAL,
@@ -239,11 +239,14 @@ async def test_wait_without_timeout_and_on_a_finished_task(tm: TaskManager) -> N
     assert (await tm.wait(task_id, timeout=0)).result == 7
 
 
-async def test_result_is_what_the_coroutine_returned(tm: TaskManager) -> None:
-    payload = {"rows": [1, 2, 3]}
+async def test_result_is_what_the_coroutine_returned_as_every_reader_sees_it(
+    tm: TaskManager,
+) -> None:
+    """The owner reads the encoded value too (a tuple is a list), as other instances do."""
+    payload = {"rows": (1, 2, 3)}
     task_id = await tm.create_task(value(payload))
-    assert await tm.result(task_id) is payload  # in process: the object itself, like a Task's
-    assert await tm.result(task_id, timeout=0) is payload  # terminal: answered at once
+    assert await tm.result(task_id) == {"rows": [1, 2, 3]}
+    assert await tm.result(task_id, timeout=0) == {"rows": [1, 2, 3]}  # terminal: at once
     release = asyncio.Event()
     later = await tm.create_task(blocked(release, "done"))
     waiter = asyncio.create_task(tm.result(later, timeout=5))
@@ -600,7 +603,7 @@ async def test_a_second_manager_reads_and_waits_for_anothers_task(
 ) -> None:
     # Without A's finished event, B's wait would only re-read the store after 30 s,
     # long after its 3 s timeout: finishing in time proves the event woke it.
-    monkeypatch.setattr(taskward.manager, "WAIT_POLL", 30.0)
+    monkeypatch.setattr(taskward._reads, "WAIT_POLL", 30.0)
     a = peers(instance_id="inst-a")
     b = peers(instance_id="inst-b")
     await b.start()
@@ -652,8 +655,8 @@ async def test_tasks_of_a_manager_that_stopped_heartbeating_are_marked_lost(
     waiter = asyncio.create_task(b.wait(task_id, timeout=5))
 
     # A's process "hangs": its housekeeping (heartbeat) stops.
-    assert a._housekeeper is not None
-    a._housekeeper.cancel()
+    assert a._housekeeping is not None
+    a._housekeeping.cancel()
 
     rec = await waiter
     assert rec.status is TaskStatus.LOST
@@ -678,8 +681,8 @@ async def test_reap_after_the_alive_deadline_marks_running_tasks_lost(
     await a.wait(done, timeout=2)
     assert await store.reap(time.time()) == []  # alive: nothing to reap
 
-    assert a._housekeeper is not None
-    a._housekeeper.cancel()
+    assert a._housekeeping is not None
+    a._housekeeping.cancel()
     await asyncio.sleep(0.3)
     now = time.time()
     lost = await store.reap(now)
@@ -720,8 +723,8 @@ async def test_aclose_cancels_a_task_a_peer_marked_lost(
     task_id = await a.create_task(work())
     await started.wait()
     await a.records(limit=1)  # written to the store
-    assert a._housekeeper is not None
-    a._housekeeper.cancel()  # A stalls: no heartbeat
+    assert a._housekeeping is not None
+    a._housekeeping.cancel()  # A stalls: no heartbeat
     await asyncio.sleep(0.3)
     assert [r.task_id for r in await store.reap(time.time())] == [task_id]
     try:

@@ -19,6 +19,7 @@ from taskward import (
     TaskNotFound,
     TaskRecord,
     TaskStatus,
+    ValueNotEncodable,
     emit,
     report_progress,
 )
@@ -236,11 +237,26 @@ async def test_read_output_of_unknown_or_other_users_task(tm: TaskManager) -> No
         await tm.read_output("8c1b2b5e-0d6c-4f4e-9a38-7c8b9e0f1a2b")
 
 
-def test_emit_refuses_what_json_cannot_express() -> None:
-    with pytest.raises(TypeError):
-        emit(object())
-    with pytest.raises(TypeError):
-        emit({"when": {1, 2}})
+def test_emit_outside_a_task_does_nothing_even_with_a_value_that_does_not_encode() -> None:
+    assert emit(object()) is None  # type: ignore[func-returns-value]
+
+
+async def test_emit_of_a_value_that_does_not_encode_raises_at_the_call(tm: TaskManager) -> None:
+    """The caller's error, at the call: the task can catch it and go on."""
+    caught: list[str] = []
+
+    async def careful() -> str:
+        try:
+            emit({(1, 2): "tuple key"})
+        except ValueNotEncodable as exc:
+            caught.append(str(exc))
+        emit({"when": {1, 2}})  # a set is a list by the rule
+        return "went on"
+
+    task_id = await tm.create_task(careful())
+    assert await tm.result(task_id, timeout=1) == "went on"
+    assert len(caught) == 1 and "output" in caught[0] and "tuple" in caught[0]
+    assert [c.data for c in await tm.read_output(task_id)] == ['{"when":[1,2]}']
 
 
 async def test_emit_of_a_non_json_object_inside_a_task_fails_it(tm: TaskManager) -> None:
@@ -250,7 +266,8 @@ async def test_emit_of_a_non_json_object_inside_a_task_fails_it(tm: TaskManager)
     rec = await tm.wait(await tm.create_task(bad()), timeout=1)
     assert rec.status is TaskStatus.FAILED
     assert rec.error is not None
-    assert rec.error.type == "TypeError"
+    assert rec.error.type == "ValueNotEncodable"
+    assert "object" in rec.error.message
     assert await tm.read_output(rec.task_id) == []
 
 

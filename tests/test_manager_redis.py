@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import redis.asyncio
 
-import taskward.manager
+import taskward._reads
 from helpers import blocked, forever, value
 from taskward import StopOutcome, TaskFailed, TaskManager, TaskNotFound, TaskStatus
 from taskward._redis import CountingConnection
@@ -58,7 +58,7 @@ async def test_the_events_of_a_flush_ride_on_its_write(
 ) -> None:
     # The watcher's safety re-read comes after 30 s, its wait times out after 5:
     # finishing in time proves the finished event (riding on the write) woke it.
-    monkeypatch.setattr(taskward.manager, "WAIT_POLL", 30.0)
+    monkeypatch.setattr(taskward._reads, "WAIT_POLL", 30.0)
     client = redis.asyncio.Redis.from_url(redis_url, connection_class=CountingConnection)
     owner = make_manager(redis=client)
     watcher = make_manager()
@@ -79,11 +79,12 @@ async def test_the_events_of_a_flush_ride_on_its_write(
     assert used <= 2, used  # the save publishes the event in the same call (+ a heartbeat at most)
 
 
-async def test_events_of_a_write_that_failed_on_a_bug_still_go_out_on_the_bus(
+async def test_a_record_the_store_refuses_fails_its_task_and_says_so_on_the_bus(
     make_manager: Callable[..., TaskManager], caplog: pytest.LogCaptureFixture
 ) -> None:
     """The events would have ridden on the write; when it fails (not an outage),
-    they are published on their own instead of being dropped with it."""
+    the refused record's task is recorded failed with the reason, and that
+    `finished` event is published on its own instead of being dropped."""
     owner, watcher = make_manager(), make_manager()
     await watcher.start()
     release = asyncio.Event()
@@ -97,8 +98,12 @@ async def test_events_of_a_write_that_failed_on_a_bug_still_go_out_on_the_bus(
         owner._store.save = broken  # type: ignore[method-assign]
         release.set()
         event = await asyncio.wait_for(anext(aiter(stream)), timeout=5)
-    assert event.status is TaskStatus.COMPLETED
-    assert "could not write" in caplog.text
+    assert event.status is TaskStatus.FAILED
+    assert event.record is not None and event.record.error is not None
+    assert event.record.error.type == "StoreWriteError"
+    assert "a bug in the store" in event.record.error.message
+    assert "recording it as failed" in caplog.text
+    assert "not even its failure could be written" in caplog.text
 
 
 async def test_a_stalled_instance_cancels_the_tasks_others_marked_lost(
@@ -123,8 +128,8 @@ async def test_a_stalled_instance_cancels_the_tasks_others_marked_lost(
     keys = Keys(key_prefix)
     # The owner "stalls" (a frozen process): its heartbeats stop, loop and thread
     # alike, and its liveness vanishes.
-    assert owner._housekeeper is not None and owner._pulse is not None
-    owner._housekeeper.cancel()
+    assert owner._housekeeping is not None and owner._pulse is not None
+    owner._housekeeping.cancel()
     await asyncio.to_thread(owner._pulse.stop)
     await redis_client.delete(keys.alive("stalls"))
     rec = await reaper.wait(task_id, timeout=5)
@@ -132,7 +137,7 @@ async def test_a_stalled_instance_cancels_the_tasks_others_marked_lost(
 
     # The owner comes back: its heartbeat finds its liveness gone, so it checks its
     # tasks, and cancels the one the others now consider lost.
-    owner._housekeeper = asyncio.create_task(owner._housekeeping())
+    owner._housekeeping = asyncio.create_task(owner._keeper.run())
     await asyncio.wait_for(cancelled.wait(), timeout=5)
     mine = await owner.get_record(task_id)
     assert mine is not None and mine.status is TaskStatus.LOST
@@ -249,10 +254,10 @@ async def test_outcomes_wait_out_an_outage_and_are_written_after_it(
         stopped = await tm.stop_task(long)  # a local stop needs no store
         assert stopped.outcome is StopOutcome.CANCELLED
         for _ in range(100):
-            if not tm._connected:
+            if not tm._keeper.connected:
                 break
             await asyncio.sleep(0.05)
-        assert not tm._connected
+        assert not tm._keeper.connected
         assert tm._flusher.backlog == 2  # both final records, queued once each
         assert (await tm.wait(offline, timeout=1)).result == "made offline"  # read locally
 
@@ -268,4 +273,4 @@ async def test_outcomes_wait_out_an_outage_and_are_written_after_it(
                 TaskStatus.CANCELLED,
             ]
             assert got[0] is not None and got[0].result == "made offline"
-        assert tm._connected and tm._flusher.backlog == 0
+        assert tm._keeper.connected and tm._flusher.backlog == 0

@@ -161,7 +161,7 @@ async def test_max_finished_holds_under_200_000_tasks(
     assert sizes["outputs"] == 0
     assert sizes["item_keys"] <= 100  # keys of items with nothing left are dropped
     assert sizes["user_keys"] <= 50
-    assert len(tm._local) == 0
+    assert len(tm._table.rows) == 0
     for task_id in last[-900:]:  # the newest are the ones kept
         assert task_id in store
 

@@ -319,8 +319,8 @@ async def test_a_burst_of_stopped_tasks_leaves_nothing_behind(tm: TaskManager) -
     assert sorted(r.task_id for r in results) == sorted(ids)
     assert {r.outcome for r in results} == {StopOutcome.CANCELLED}
     await tm.records(limit=1)  # written
-    assert tm._local == {}
-    assert tm._cancel_reasons == {}
+    assert tm._table.rows == {}
+    assert tm._table._cancel_reasons == {}
 
 
 async def test_stop_item_tasks_leaves_other_users_tasks_alone(tm: TaskManager) -> None:
@@ -462,12 +462,12 @@ async def test_a_housekeeping_tick_cancels_a_stubborn_task_once(tm: TaskManager)
     started, release = asyncio.Event(), asyncio.Event()
     task_id = await tm.create_task(swallow(started, release))
     await started.wait()
-    task = tm._tasks[task_id]
+    task = tm._table.tasks[task_id]
     try:
         await tm._store.request_stop(task_id, time.time())  # as another instance would
-        assert tm._local[task_id][STOP_REQUESTED_AT] is None  # the owner learns of it...
+        assert tm._table.rows[task_id][STOP_REQUESTED_AT] is None  # the owner learns of it...
         await tm._keeper.reconcile_stops()  # ...from its pending stops
-        assert tm._local[task_id][STOP_REQUESTED_AT] is not None
+        assert tm._table.rows[task_id][STOP_REQUESTED_AT] is not None
         assert task.cancelling() == 1
         await tm._keeper.reconcile_stops()  # now known here and in the store
         assert task.cancelling() == 2

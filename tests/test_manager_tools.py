@@ -249,8 +249,8 @@ async def test_get_result_of_a_lost_task(peers: Peers) -> None:
     await b.start()
     release = asyncio.Event()
     task_id = await a.create_task(blocked(release))
-    assert a._housekeeper is not None
-    a._housekeeper.cancel()  # A stops heartbeating
+    assert a._housekeeping is not None
+    a._housekeeping.cancel()  # A stops heartbeating
     await asyncio.sleep(0.3)
     await peers.store.reap(time.time())
     envelope = parse(await b.get_result(task_id))
@@ -259,7 +259,9 @@ async def test_get_result_of_a_lost_task(peers: Peers) -> None:
     release.set()
 
 
-async def test_get_result_of_a_non_json_result_is_still_json(tm: TaskManager) -> None:
+async def test_get_result_of_a_result_that_does_not_encode_is_a_clear_failure(
+    tm: TaskManager,
+) -> None:
     class Opaque:
         def __str__(self) -> str:
             return "opaque-thing"
@@ -267,8 +269,9 @@ async def test_get_result_of_a_non_json_result_is_still_json(tm: TaskManager) ->
     task_id = await tm.create_task(value(Opaque()))
     await tm.wait(task_id, timeout=1)
     envelope = parse(await tm.get_result(task_id))
-    assert envelope["status"] == "completed"
-    assert envelope["result"] == "opaque-thing"
+    assert envelope["status"] == "failed"
+    assert envelope["error"]["type"] == "ValueNotEncodable"
+    assert "Opaque is not JSON-encodable" in envelope["error"]["message"]
 
 
 async def test_unknown_and_other_users_tasks_look_exactly_alike(tm: TaskManager) -> None:

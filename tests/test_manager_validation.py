@@ -491,7 +491,7 @@ def test_events_refuses_bad_options(
 ) -> None:
     with pytest.raises(exc):
         tm.events(**kwargs)
-    assert tm._streams == []  # nothing half-subscribed
+    assert tm._hub.streams == []  # nothing half-subscribed
 
 
 @pytest.mark.parametrize(

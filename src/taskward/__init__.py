@@ -5,6 +5,7 @@ from __future__ import annotations
 from ._context import current_task_id as current_task_id
 from ._context import emit as emit
 from ._context import report_progress as report_progress
+from ._encoding import ValueEncoder as ValueEncoder
 from ._events import EventStream as EventStream
 from ._records import TERMINAL as TERMINAL
 from ._records import OutputChunk as OutputChunk
@@ -14,6 +15,7 @@ from ._records import TaskError as TaskError
 from ._records import TaskEvent as TaskEvent
 from ._records import TaskRecord as TaskRecord
 from ._records import TaskStatus as TaskStatus
+from ._scope import Caller as Caller
 from .errors import ManagerClosed as ManagerClosed
 from .errors import MaxRuntimeExceeded as MaxRuntimeExceeded
 from .errors import StoreUnavailable as StoreUnavailable
@@ -23,6 +25,7 @@ from .errors import TaskLost as TaskLost
 from .errors import TaskNotFound as TaskNotFound
 from .errors import TaskTimeout as TaskTimeout
 from .errors import TaskwardError as TaskwardError
+from .errors import ValueNotEncodable as ValueNotEncodable
 from .manager import TaskManager as TaskManager
 from .stores.base import Page as Page
 from .stores.base import Retention as Retention
@@ -31,6 +34,7 @@ __version__ = "0.1.0"
 
 __all__ = (
     "TERMINAL",
+    "Caller",
     "EventStream",
     "ManagerClosed",
     "MaxRuntimeExceeded",
@@ -51,6 +55,8 @@ __all__ = (
     "TaskStatus",
     "TaskTimeout",
     "TaskwardError",
+    "ValueEncoder",
+    "ValueNotEncodable",
     "current_task_id",
     "emit",
     "report_progress",

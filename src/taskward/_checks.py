@@ -4,15 +4,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Coroutine
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from .stores.base import Retention
 
 __all__ = [
     "check_int",
     "check_positive",
-    "check_retention",
     "check_timings",
     "close_if_coroutine",
     "is_coroutine",
@@ -71,35 +66,3 @@ def check_timings(
         check_positive(name, value, allow_zero=True)
     if liveness_ttl <= heartbeat_interval:
         raise ValueError("liveness_ttl must be longer than heartbeat_interval")
-
-
-def check_retention(
-    result_ttl: float | None,
-    max_finished: int | None,
-    max_output: int | None,
-    *,
-    own_store: bool,
-) -> Retention:
-    """The retention of the store a `TaskManager` creates (limits only apply to that one)."""
-    limits = {
-        name: value
-        for name, value in (
-            ("result_ttl", result_ttl),
-            ("max_finished", max_finished),
-            ("max_output", max_output),
-        )
-        if value is not None
-    }
-    if limits and not own_store:
-        raise ValueError(
-            f"{', '.join(limits)} configure the store this manager creates; "
-            "with store=..., give them to the store (its `retention`)"
-        )
-    from .stores.base import Retention  # here: the store module checks with this one
-
-    defaults = Retention()
-    return Retention(
-        result_ttl=defaults.result_ttl if result_ttl is None else result_ttl,
-        max_finished=defaults.max_finished if max_finished is None else max_finished,
-        max_output=defaults.max_output if max_output is None else max_output,
-    )

@@ -1,6 +1,6 @@
 """Housekeeping: liveness, reaping the tasks of dead instances, stops, reconnects.
 
-One background loop per manager (`TaskManager._housekeeping`) runs a `tick`
+One background loop per manager (`Housekeeper.run`) runs a `tick`
 every `heartbeat_interval`: it renews this instance's liveness, re-asserts its
 tasks after an outage or a stall, honours stop requests the bus did not deliver,
 and marks `lost` the tasks of instances whose liveness expired.
@@ -13,50 +13,70 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
-from ._live import STATUS, STOP_REQUESTED_AT, TASK_ID, V_RUNNING, finished
+from ._live import STATUS, STOP_REQUESTED_AT, TASK_ID, V_RUNNING
 from ._records import TaskEvent, TaskStatus
-from ._stopping import STOP_REASON, stop_local
+from ._table import STOP_REASON
 from .errors import StoreUnavailable
 
 if TYPE_CHECKING:
-    from ._live import Live
-    from .manager import TaskManager
+    from collections.abc import Callable
 
-__all__ = ["Housekeeper"]
+    from ._hub import EventHub
+    from ._live import Live
+    from ._sync import Flusher
+    from ._table import LocalTable
+    from .stores.base import Store
+
+__all__ = ["RECONNECT_INTERVAL", "Housekeeper"]
 
 logger = logging.getLogger(__name__)
 
-_RUNNING = TaskStatus.RUNNING
 # How often a disconnected instance tries the store again.
 RECONNECT_INTERVAL = 0.25
 
 
 class Housekeeper:
-    """The liveness and reconciliation rules of one manager, run by its housekeeping loop.
+    """The liveness and reconciliation rules of one instance, run by its housekeeping loop.
 
-    Whether the store is reachable stays on the manager (`_connected`), since
-    creating a task reads it.
+    It owns whether the store is reachable (`connected`), which creating a task
+    reads: while it is not, writes wait in the flusher and creations do not wait
+    for them.
     """
 
-    def __init__(self, manager: TaskManager) -> None:
-        self._manager = manager
+    def __init__(
+        self,
+        *,
+        instance_id: str,
+        table: LocalTable,
+        store: Store,
+        flusher: Flusher,
+        hub: EventHub,
+        has_peers: Callable[[], bool],
+        heartbeat_interval: float,
+        liveness_ttl: float,
+    ) -> None:
+        self.connected = True
+        self._instance_id = instance_id
+        self._table = table
+        self._store = store
+        self._flusher = flusher
+        self._hub = hub
+        self._has_peers = has_peers
+        self._interval = heartbeat_interval
+        self._ttl = liveness_ttl
         self._connected_since = 0.0
         self._last_beat = 0.0
         # A heartbeat slower than this, or a longer gap between two, is a hiccup (see tick).
-        interval, ttl = manager.heartbeat_interval, manager.liveness_ttl
-        self._beat_slow = max(interval, ttl / 2)
-        self._beat_gap = interval + (ttl - interval) / 2
+        self._beat_slow = max(heartbeat_interval, liveness_ttl / 2)
+        self._beat_gap = heartbeat_interval + (liveness_ttl - heartbeat_interval) / 2
 
     def started(self) -> None:
-        """The manager has just connected and sent its first heartbeat."""
+        """The instance has just connected and sent its first heartbeat."""
         self._connected_since = self._last_beat = time.monotonic()
 
     async def run(self) -> None:
-        manager = self._manager
         while True:
-            await asyncio.sleep(
-                manager.heartbeat_interval if manager._connected else RECONNECT_INTERVAL
-            )
+            await asyncio.sleep(self._interval if self.connected else RECONNECT_INTERVAL)
             try:
                 await self.tick()
             except StoreUnavailable as exc:
@@ -65,22 +85,21 @@ class Housekeeper:
                 logger.exception("housekeeping failed; will retry")
 
     async def tick(self) -> None:
-        manager = self._manager
-        store = manager._store
+        store = self._store
         started = time.monotonic()
-        if not manager._connected:
-            tasks = self._started_tasks()
-            running = [rec for rec in tasks if rec[STATUS] == V_RUNNING]
-            was_alive = await store.heartbeat(manager.instance_id, manager.liveness_ttl, running)
+        if not self.connected:
+            tasks = self._table.started_rows()
+            running = [row for row in tasks if row[STATUS] == V_RUNNING]
+            was_alive = await store.heartbeat(self._instance_id, self._ttl, running)
             logger.warning("store reachable again: re-asserted %d running tasks", len(running))
-            if not was_alive and manager._has_peers():
-                await self._settle_reaped(tasks, running)
-            manager._connected = True
+            if not was_alive and self._has_peers():
+                await self._settle_reaped(running)
+            self.connected = True
             self._connected_since = time.monotonic()
-            manager._flusher.resume()
+            self._flusher.resume()
         elif (
-            not await store.heartbeat(manager.instance_id, manager.liveness_ttl)
-            and manager._has_peers()  # alone, nobody can have reaped our tasks
+            not await store.heartbeat(self._instance_id, self._ttl)
+            and self._has_peers()  # alone, nobody can have reaped our tasks
         ):
             await self._presumed_dead()
         beat = time.monotonic()
@@ -90,7 +109,7 @@ class Housekeeper:
             self._connected_since = beat
         self._last_beat = beat
         await self.reconcile_stops()
-        if beat - self._connected_since > manager.liveness_ttl:
+        if beat - self._connected_since > self._ttl:
             await self._reap()
 
     async def _presumed_dead(self) -> None:
@@ -100,70 +119,54 @@ class Housekeeper:
         states never change): they are cancelled here, since nobody could read
         their results or stop them any more. The others are re-asserted.
         """
-        manager = self._manager
-        started = self._started_tasks()
-        running = [rec for rec in started if rec[STATUS] == V_RUNNING]
+        started = self._table.started_rows()
+        running = [row for row in started if row[STATUS] == V_RUNNING]
         logger.warning("this instance's liveness had expired; checking %d tasks", len(started))
-        await manager._store.heartbeat(manager.instance_id, manager.liveness_ttl, running)
-        await self._settle_reaped(started, running)
+        await self._store.heartbeat(self._instance_id, self._ttl, running)
+        await self._settle_reaped(running)
 
-    def _started_tasks(self) -> list[Live]:
-        """Records of this instance's tasks whose asyncio task has not ended."""
-        local = self._manager._local
-        return [
-            local[task_id]
-            for task_id, task in self._manager._tasks.items()
-            if not task.done() and task_id in local
-        ]
+    async def _settle_reaped(self, running: list[Live]) -> None:
+        """Cancel the tasks that another instance marked terminal (lost) meanwhile.
 
-    async def _settle_reaped(self, started: list[Live], running: list[Live]) -> None:
-        """Cancel the tasks that another instance marked terminal (lost) meanwhile."""
-        manager = self._manager
-        local = manager._local
-        stored = await manager._store.get_many([rec[TASK_ID] for rec in running])
-        for rec, now in zip(running, stored, strict=True):
-            task_id = rec[TASK_ID]
-            if now is not None and now.status is not _RUNNING and local.get(task_id) is rec:
-                ended_at = now.finished_at if now.finished_at is not None else now.updated_at
-                local[task_id] = finished(rec, now.status.value, None, now.error, ended_at)
-        for rec in started:
-            task_id = rec[TASK_ID]
-            current = local.get(task_id)  # None: finished and written meanwhile
-            if current is None:
-                continue
-            status = current[STATUS]
-            if status != V_RUNNING:
-                logger.warning("task %s was marked %s elsewhere: cancelling it", task_id, status)
-                manager._cancel(task_id, f"marked {status} while this instance was presumed dead")
-                manager._mark(current)  # so it leaves the local table once written
-                manager._wake(task_id)
+        Only those: a task that ended here normally while we asked is left alone
+        (and not logged about).
+        """
+        stored = await self._store.get_many([row[TASK_ID] for row in running])
+        for row, now in zip(running, stored, strict=True):
+            if (
+                now is not None
+                and now.status is not TaskStatus.RUNNING
+                and self._table.settle(row, now)
+            ):
+                logger.warning(
+                    "task %s was marked %s elsewhere: cancelled it", row[TASK_ID], now.status
+                )
 
     async def _reap(self) -> None:
-        manager = self._manager
-        lost = await manager._store.reap(time.time())
-        if not lost:
-            return
-        events = [TaskEvent.of("finished", rec, rec.finished_at or time.time()) for rec in lost]
-        manager.on_events(events)
-        if manager._has_peers():
-            for event in events:
-                manager._flusher.add_event(event)
+        lost = await self._store.reap(time.time())
+        if lost:
+            self._hub.publish(
+                [TaskEvent.of("finished", rec, rec.finished_at or time.time()) for rec in lost]
+            )
 
     def set_disconnected(self, exc: BaseException) -> None:
-        manager = self._manager
-        if manager._connected:
+        if self.connected:
             logger.error("store unreachable (%s); outcomes are queued locally", exc)
-        manager._connected = False
-        manager._flusher.pause()
+        self.connected = False
+        self._flusher.pause()
 
     async def reconcile_stops(self) -> None:
         """Honour stop requests the bus did not deliver, or that a task swallowed."""
-        manager = self._manager
-        for rec in list(manager._local.values()):
-            if rec[STATUS] == V_RUNNING and rec[STOP_REQUESTED_AT] is not None:
-                manager._cancel(rec[TASK_ID], STOP_REASON)  # asked before, still running: again
-        for task_id in await manager._store.pending_stops(manager.instance_id):
-            live = manager._local.get(task_id)
+        table = self._table
+        for row in table.running_rows():
+            if row[STOP_REQUESTED_AT] is not None:
+                table.cancel(row[TASK_ID], STOP_REASON)  # asked before, still running: again
+        for task_id in await self._store.pending_stops(self._instance_id):
+            pending = table.rows.get(task_id)
             # One cancellation per tick: those known already were asked again above.
-            if live is not None and live[STATUS] == V_RUNNING and live[STOP_REQUESTED_AT] is None:
-                stop_local(manager, live)
+            if (
+                pending is not None
+                and pending[STATUS] == V_RUNNING
+                and pending[STOP_REQUESTED_AT] is None
+            ):
+                table.request_stop(pending)

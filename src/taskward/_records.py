@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 import json
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
@@ -42,9 +42,9 @@ TERMINAL: frozenset[TaskStatus] = frozenset(
 #: Statuses by their value, for decoders (a dict lookup, unlike `TaskStatus(value)`).
 STATUS_BY_VALUE: dict[str, TaskStatus] = {status.value: status for status in TaskStatus}
 
-#: Compact JSON (no spaces, non-ASCII kept, anything else as its str()), one encoder
+#: Compact JSON (no spaces, non-ASCII kept), one encoder
 #: for every writer: stored records, bus messages, envelopes.
-dump_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=str).encode
+dump_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
 @dataclass(slots=True, frozen=True)
@@ -106,27 +106,11 @@ class TaskRecord:
         return max(0.0, end - start)
 
     def copy(self) -> TaskRecord:
-        return TaskRecord(
-            self.task_id,
-            self.status,
-            self.name,
-            self.item_id,
-            self.user_id,
-            self.channel_id,
-            self.platform,
-            self.instance_id,
-            self.created_at,
-            self.started_at,
-            self.updated_at,
-            self.finished_at,
-            self.result,
-            self.error,
-            self.progress,
-            self.progress_message,
-            self.metadata if self.metadata is EMPTY else dict(self.metadata),
-            None if self.redirect is None else dict(self.redirect),
-            self.stop_requested_at,
-            self.max_runtime,
+        """A copy whose metadata and redirect are its own too."""
+        return replace(
+            self,
+            metadata=self.metadata if self.metadata is EMPTY else dict(self.metadata),
+            redirect=None if self.redirect is None else dict(self.redirect),
         )
 
     def to_dict(self) -> dict[str, Any]:

@@ -13,31 +13,70 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ._live import TASK_ID
 from .errors import StoreUnavailable
 from .stores.base import WriteBatch
 
 if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
     from ._live import Live
     from ._records import OutputChunk, TaskEvent
-    from .manager import TaskManager
+    from .bus.base import Bus
+    from .stores.base import Store
 
-__all__ = ["SYNC_TIMEOUT", "Flusher", "cancel_and_wait", "unwait", "wake_all"]
+__all__ = ["SYNC_TIMEOUT", "Flusher", "cancel_and_wait", "wake_all"]
 
 logger = logging.getLogger(__name__)
 
 MAX_QUEUED_EVENTS = 10_000
 # Longest a creation or a stop waits for its write to reach a shared store.
 SYNC_TIMEOUT = 1.0
+_MAX_LOGGED_IDS = 20
+
+
+def _ids(records: Sequence[Live]) -> str:
+    shown = ", ".join(rec[TASK_ID] for rec in records[:_MAX_LOGGED_IDS])
+    more = len(records) - _MAX_LOGGED_IDS
+    return shown + (f" and {more} more" if more > 0 else "")
+
+
+def _nothing(*_: object) -> None:
+    return None
 
 
 class Flusher:
-    """Collects a manager's writes and flushes them in batches."""
+    """Collects an instance's writes and flushes them in batches.
 
-    def __init__(self, manager: TaskManager) -> None:
-        self._manager = manager
+    `bind` tells it whom to tell: `written(rows)` after a write (the local table
+    forgets final rows), `unavailable(exc)` when the store went away (the
+    housekeeper pauses writes until it is back), `unwritable(row, reason)` for a
+    row the store refused (the table records that task as failed and returns
+    the row to write instead, or None).
+
+    It never dies: a write that fails for one row is retried row by row, so one
+    bad row fails its own task and every other row is written; anything
+    unexpected is logged with the ids of the rows concerned, and the next flush
+    goes on.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        bus: Bus,
+        *,
+        encode_events: Callable[[Sequence[TaskEvent]], str | None] | None,
+        in_process: bool,
+    ) -> None:
+        self._store = store
+        self._bus = bus
+        self._encode_events = encode_events
+        self._in_process = in_process
+        self._written: Callable[[list[Live]], None] = _nothing
+        self._unavailable: Callable[[BaseException], None] = _nothing
+        self._unwritable: Callable[[Live, str], Live | None] = _nothing
         self._dirty: dict[str, Live] = {}
         self._outputs: dict[str, list[OutputChunk]] = {}
         self._events: list[TaskEvent] = []
@@ -51,6 +90,17 @@ class Flusher:
         self._flushing = False
         self._task: asyncio.Task[None] | None = None
 
+    def bind(
+        self,
+        *,
+        written: Callable[[list[Live]], None],
+        unavailable: Callable[[BaseException], None],
+        unwritable: Callable[[Live, str], Live | None],
+    ) -> None:
+        self._written = written
+        self._unavailable = unavailable
+        self._unwritable = unwritable
+
     @property
     def backlog(self) -> int:
         """Records waiting to be written."""
@@ -59,8 +109,8 @@ class Flusher:
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="taskward-flusher")
 
-    def mark(self, rec: Live) -> None:
-        self._dirty[rec[TASK_ID]] = rec
+    def mark(self, row: Live) -> None:
+        self._dirty[row[TASK_ID]] = row
         if not self._kicked:
             self._kick()
 
@@ -139,41 +189,110 @@ class Flusher:
         return waiters
 
     async def _flush_once(self) -> None:
-        manager = self._manager
         records = list(self._dirty.values())
         outputs, self._outputs = self._outputs, {}
         events, self._events = self._events, []
         waiters = self._take_waiters()
         self._dirty = {}
         self._flushing = True
-        notice = None
-        if events and (records or outputs) and manager._encode_events is not None:
-            events = coalesce(events)
-            notice = manager._encode_events(events)
         try:
-            if records or outputs:
-                await manager._store.save(WriteBatch(records, outputs, time.time(), notice))
-        except StoreUnavailable as exc:
-            self._requeue(records, outputs, events)
-            manager._set_disconnected(exc)  # pauses this flusher too
-            wake_all(waiters)
-            return
+            if await self._write(records, outputs, events):
+                await self._publish(events)
         except Exception:
-            # A bug, not an outage: retrying would fail forever. The records stay
-            # readable here (their records are kept); say loudly what was not written.
-            logger.exception("could not write %d task records; they stay local only", len(records))
-            notice = None  # the events did not ride on the write: publish them below
-        else:
-            manager._forget(records)
+            logger.exception("a flush failed unexpectedly (tasks %s); going on", _ids(records))
         finally:
             self._flushing = False
-        if events and notice is None:
-            try:
-                await manager._bus.publish(coalesce(events))
-            except Exception as exc:  # noqa: BLE001 - events are wake-ups; the store has the truth
-                logger.warning("could not publish %d events: %s", len(events), exc)
-        if waiters:
             wake_all(waiters)
+
+    async def _write(
+        self,
+        records: list[Live],
+        outputs: dict[str, list[OutputChunk]],
+        events: list[TaskEvent],
+    ) -> bool:
+        """Write one flush; True if its events are still to be published.
+
+        The events ride on the write when the store shares its server with the
+        bus (`encode_events`), in the same round trip.
+        """
+        if not (records or outputs):
+            return bool(events)
+        notice = None
+        try:
+            if events and self._encode_events is not None:
+                events[:] = coalesce(events)
+                notice = self._encode_events(events)
+            await self._store.save(WriteBatch(records, outputs, time.time(), notice))
+        except StoreUnavailable as exc:
+            self._requeue(records, outputs, events)
+            self._unavailable(exc)  # pauses this flusher too
+            return False
+        except Exception as exc:  # noqa: BLE001 - one bad row must not cost the others
+            logger.warning(
+                "a write of %d task records failed (%r); writing them one by one", len(records), exc
+            )
+            return await self._write_one_by_one(records, outputs, events)
+        self._written(records)
+        return notice is None
+
+    async def _write_one_by_one(
+        self,
+        records: list[Live],
+        outputs: dict[str, list[OutputChunk]],
+        events: list[TaskEvent],
+    ) -> bool:
+        """Write each row alone; a row the store refuses fails its task, with the reason."""
+        pending = [(row, False) for row in records]  # (row, a failure written instead)
+        refused: set[str] = set()
+        while pending:
+            row, instead = pending.pop(0)
+            chunks = outputs.pop(row[TASK_ID], None)
+            try:
+                await self._save_alone(row, chunks)
+            except StoreUnavailable as exc:
+                rest = [row, *(r for r, _ in pending)]
+                self._requeue(rest, {row[TASK_ID]: chunks or [], **outputs}, events)
+                self._unavailable(exc)
+                return False
+            except Exception as exc:
+                if instead:
+                    logger.exception(
+                        "task %s: not even its failure could be written; it stays local only",
+                        row[TASK_ID],
+                    )
+                    continue
+                reason = f"the store refused its record: {type(exc).__name__}: {exc}"
+                logger.error("task %s: %s; recording it as failed", row[TASK_ID], reason)
+                refused.add(row[TASK_ID])
+                failed = self._unwritable(row, reason)
+                if failed is not None:
+                    pending.insert(0, (failed, True))
+        # The events of refused rows told of a state nobody can read: the table has
+        # sent `finished` events of their failures instead.
+        events[:] = [event for event in events if event.task_id not in refused]
+        if outputs:  # chunks of tasks whose record did not change in this flush
+            try:
+                await self._store.save(WriteBatch([], outputs, time.time()))
+            except StoreUnavailable as exc:
+                self._requeue([], outputs, events)
+                self._unavailable(exc)
+                return False
+            except Exception:
+                logger.exception("output chunks of tasks %s could not be written", list(outputs))
+        return True
+
+    async def _save_alone(self, row: Live, chunks: list[OutputChunk] | None) -> None:
+        outputs = {row[TASK_ID]: chunks} if chunks else {}
+        await self._store.save(WriteBatch([row], outputs, time.time()))
+        self._written([row])
+
+    async def _publish(self, events: list[TaskEvent]) -> None:
+        if not events:
+            return
+        try:
+            await self._bus.publish(coalesce(events))
+        except Exception as exc:  # noqa: BLE001 - events are wake-ups; the store has the truth
+            logger.warning("could not publish %d events: %s", len(events), exc)
 
     def _requeue(
         self,
@@ -186,7 +305,7 @@ class Flusher:
         self._dirty.update(newer)
         for task_id, chunks in self._outputs.items():
             outputs.setdefault(task_id, []).extend(chunks)
-        self._outputs = outputs
+        self._outputs = {task_id: chunks for task_id, chunks in outputs.items() if chunks}
         self._events = (events + self._events)[-MAX_QUEUED_EVENTS:]
 
     async def aclose(self, timeout: float = 5.0) -> None:
@@ -201,11 +320,7 @@ class Flusher:
                     await self.sync()
             except TimeoutError:
                 break
-        if (
-            (self._dirty or self._outputs)
-            and self._online.is_set()
-            and self._manager._get_now is not None
-        ):
+        if (self._dirty or self._outputs) and self._online.is_set() and self._in_process:
             # A store in this process answers without waiting: no deadline is too short.
             await self._flush_once()
         if self._dirty or self._outputs:
@@ -265,15 +380,3 @@ def wake_all(waiters: list[asyncio.Future[None]]) -> None:
     for fut in waiters:
         if not fut.done():
             fut.set_result(None)
-
-
-def unwait(
-    waiters: dict[str, list[asyncio.Future[Any]]], task_id: str, fut: asyncio.Future[Any]
-) -> None:
-    """Take `fut` off the futures waiting for `task_id`, and the entry when it is empty."""
-    futs = waiters.get(task_id)
-    if futs is not None:
-        if fut in futs:
-            futs.remove(fut)
-        if not futs:
-            del waiters[task_id]

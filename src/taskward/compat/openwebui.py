@@ -298,29 +298,31 @@ class _Run:
     cancelled it before it could (then `runner` stays None).
     """
 
-    __slots__ = ("coroutine", "failure", "runner")
+    __slots__ = ("coroutine", "failure", "result", "runner")
 
     def __init__(self, coroutine: Coroutine[Any, Any, Any]) -> None:
         self.coroutine = coroutine
         self.runner: asyncio.Task[Any] | None = None
         self.failure: Exception | None = None
+        self.result: Any = None
 
     async def capture(self) -> Any:
         self.runner = asyncio.current_task()
         try:
-            return await self.coroutine
+            self.result = await self.coroutine
         except Exception as exc:
             self.failure = exc
             raise
+        return self.result
 
     async def follow(self) -> Any:
         if self.runner is None:
             raise asyncio.CancelledError  # cancelled by the manager before it ran
         # Cancelling this task while it awaits the runner cancels the runner too.
-        result = await self.runner
+        await self.runner
         if self.failure is not None:
             raise self.failure
-        return result
+        return self.result  # the coroutine's own object, as an asyncio.Task gives it
 
     def followed(self, task: asyncio.Task[Any]) -> None:
         runner = self.runner

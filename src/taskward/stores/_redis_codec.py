@@ -1,25 +1,10 @@
 """How records, output chunks and cursors are written to and read from Redis.
 
-A record is a hash with short field names; fields whose value is None (or
-empty, for text and metadata) are omitted. Times and numbers are `repr` of the
-float (exact round trip); `result`, `metadata` and `redirect` are compact JSON
-(values JSON cannot express are written as their `str()`); `error` is the JSON
-pair ``[type, message]``.
-
-=====  =================  =====  =================
-Field  Record attribute   Field  Record attribute
-=====  =================  =====  =================
-s      status             sa     started_at
-n      name               ua     updated_at
-i      item_id            fa     finished_at
-u      user_id            r      result (JSON)
-c      channel_id         e      error (JSON)
-p      platform           pg     progress
-o      instance_id        pm     progress_message
-ca     created_at         m      metadata (JSON)
-rd     redirect (JSON)    sr     stop_requested_at
-mr     max_runtime
-=====  =================  =====  =================
+A record is a hash with short field names (`HASH_FIELDS`: row position, field,
+kind); fields whose value is None (or an empty text) are left out. Times and
+numbers are `repr` of the float (exact round trip); `result`, `metadata` and
+`redirect` are compact JSON (the owner encoded them by the one encoding rule,
+see `_encoding.py`); `error` is the JSON pair ``[type, message]``.
 
 Output chunks are members of a sorted set scored by seq: ``"<seq>|<at>|<data>"``
 (the seq makes every member unique, so re-sending a chunk is harmless).
@@ -30,13 +15,13 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from dataclasses import MISSING, fields
 from typing import TYPE_CHECKING, Any
 
 from .._live import (
     CHANNEL_ID,
     CREATED_AT,
-    ERROR_MESSAGE,
-    ERROR_TYPE,
+    ERROR,
     FINISHED_AT,
     INSTANCE_ID,
     ITEM_ID,
@@ -50,19 +35,21 @@ from .._live import (
     RESULT,
     STARTED_AT,
     STATUS,
+    STOP_REQUESTED_AT,
     TASK_ID,
     UPDATED_AT,
     USER_ID,
-    V_RUNNING,
+    snapshot,
 )
-from .._records import STATUS_BY_VALUE, OutputChunk, TaskError, TaskRecord, dump_json
+from .._records import OutputChunk, TaskError, TaskRecord, TaskStatus, dump_json
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence
+    from collections.abc import Callable, Mapping, Sequence
 
     from .._live import Live
 
 __all__ = [
+    "HASH_FIELDS",
     "decode_chunk",
     "decode_cursor",
     "decode_flat",
@@ -80,76 +67,94 @@ def text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
+def _encode_error(error: TaskError) -> str:
+    return dump_json([error.type, error.message])
+
+
+def _decode_error(raw: str) -> TaskError:
+    error_type, message = json.loads(raw)
+    return TaskError(str(error_type), str(message))
+
+
+def _same(value: str) -> str:
+    return value
+
+
+# How each kind of field is written and read back.
+_CODECS: dict[str, tuple[Callable[[Any], str], Callable[[str], Any]]] = {
+    "text": (_same, _same),
+    "float": (repr, float),
+    "json": (dump_json, json.loads),
+    "error": (_encode_error, _decode_error),
+}
+
+#: Every field of a row but the task id (the key) as the hash stores it:
+#: (row position, hash field, kind). A field whose value is None (or empty)
+#: is left out of the hash.
+HASH_FIELDS: tuple[tuple[int, str, str], ...] = (
+    (STATUS, "s", "text"),
+    (NAME, "n", "text"),
+    (ITEM_ID, "i", "text"),
+    (USER_ID, "u", "text"),
+    (CHANNEL_ID, "c", "text"),
+    (PLATFORM, "p", "text"),
+    (INSTANCE_ID, "o", "text"),
+    (CREATED_AT, "ca", "float"),
+    (STARTED_AT, "sa", "float"),
+    (UPDATED_AT, "ua", "float"),
+    (FINISHED_AT, "fa", "float"),
+    (RESULT, "r", "json"),
+    (ERROR, "e", "error"),
+    (PROGRESS, "pg", "float"),
+    (PROGRESS_MESSAGE, "pm", "text"),
+    (METADATA, "m", "json"),
+    (REDIRECT, "rd", "json"),
+    (STOP_REQUESTED_AT, "sr", "float"),
+    (MAX_RUNTIME, "mr", "float"),
+)
+# What `save` writes: every field but the stop request, which only `request_stop` writes.
+# An empty text is left out too (it reads back as the record's default, "" or None).
+_SAVED = tuple(
+    (position, field, _CODECS[kind][0], kind == "text")
+    for position, field, kind in HASH_FIELDS
+    if position != STOP_REQUESTED_AT
+)
+_READ = tuple((position, field, _CODECS[kind][1]) for position, field, kind in HASH_FIELDS)
+# What a field left out of the hash reads as: the record's default.
+_DEFAULTS: tuple[Any, ...] = tuple(
+    None if f.default is MISSING or f.name == "metadata" else f.default for f in fields(TaskRecord)
+)
+_RUNNING = TaskStatus.RUNNING.value
+
+
 def encode_record(rec: Live) -> list[Any]:
-    """One live record as the save script reads it (inside the batch's JSON).
+    """One row as the save script reads it (inside the batch's JSON).
 
     ``[id, status, user|'', item|'', owner, created, finish_score|'', [field,
     value, ...], [field to delete, ...]]``, every value a string (so Lua never
     rounds a float). Never writes ``sr``: only `request_stop` does.
     """
-    status = rec[STATUS]
-    created = repr(rec[CREATED_AT])
-    updated = rec[UPDATED_AT]
-    pairs = ["s", status, "o", rec[INSTANCE_ID], "ca", created, "ua", repr(updated)]
+    pairs: list[str] = []
     absent: list[str] = []
-    user, item = rec[USER_ID], rec[ITEM_ID]
-    if item is not None:
-        pairs += ("i", item)
-    else:
-        absent.append("i")
-    if user is not None:
-        pairs += ("u", user)
-    else:
-        absent.append("u")
-    if rec[NAME]:
-        pairs += ("n", rec[NAME])
-    if rec[CHANNEL_ID]:
-        pairs += ("c", rec[CHANNEL_ID])
-    if rec[PLATFORM]:
-        pairs += ("p", rec[PLATFORM])
-    done = rec[FINISHED_AT]
-    for field, value in (
-        ("sa", rec[STARTED_AT]),
-        ("fa", done),
-        ("pg", rec[PROGRESS]),
-        ("mr", rec[MAX_RUNTIME]),
-    ):
-        if value is not None:
-            pairs += (field, repr(value))
-        else:
+    for position, field, encode, text_kind in _SAVED:
+        value = rec[position]
+        if value is None or (text_kind and value == ""):
             absent.append(field)
-    if rec[PROGRESS_MESSAGE] is not None:
-        pairs += ("pm", rec[PROGRESS_MESSAGE])
-    else:
-        absent.append("pm")
-    if rec[RESULT] is not None:
-        pairs += ("r", dump_json(rec[RESULT]))
-    else:
-        absent.append("r")
-    error_type = rec[ERROR_TYPE]
-    if error_type is not None:
-        pairs += ("e", dump_json([error_type, rec[ERROR_MESSAGE]]))
-    else:
-        absent.append("e")
-    if rec[METADATA]:
-        pairs += ("m", dump_json(rec[METADATA]))
-    else:
-        absent.append("m")
-    if rec[REDIRECT] is not None:
-        pairs += ("rd", dump_json(rec[REDIRECT]))
-    else:
-        absent.append("rd")
-    if status == V_RUNNING:
+        else:
+            pairs += (field, encode(value))
+    status = rec[STATUS]
+    if status == _RUNNING:
         finish = ""
     else:
-        finish = repr(done if done is not None else updated)
+        done = rec[FINISHED_AT]
+        finish = repr(done if done is not None else rec[UPDATED_AT])
     return [
         rec[TASK_ID],
         status,
-        user or "",
-        item or "",
+        rec[USER_ID] or "",
+        rec[ITEM_ID] or "",
         rec[INSTANCE_ID],
-        created,
+        repr(rec[CREATED_AT]),
         finish,
         pairs,
         absent,
@@ -159,10 +164,6 @@ def encode_record(rec: Live) -> list[Any]:
 def encode_batch(records: Sequence[Any], outputs: Sequence[Any]) -> str:
     """The save script's batch argument: ``[[record, ...], [[task_id, [seq, member, ...]], ...]]``."""
     return dump_json([records, outputs])
-
-
-def _float(value: str | None) -> float | None:
-    return None if value is None else float(value)
 
 
 def decode_hash(task_id: str, raw: Mapping[Any, Any]) -> TaskRecord | None:
@@ -181,39 +182,18 @@ def decode_flat(task_id: str, raw: Sequence[Any]) -> TaskRecord | None:
 
 
 def _decode(task_id: str, h: dict[str, str]) -> TaskRecord | None:
-    status = STATUS_BY_VALUE.get(h.get("s", ""))
-    if status is None:
+    if h.get("s") not in _STATUSES:
         return None
-    error = h.get("e")
-    err: TaskError | None = None
-    if error is not None:
-        etype, emsg = json.loads(error)
-        err = TaskError(str(etype), str(emsg))
-    result = h.get("r")
-    metadata = h.get("m")
-    redirect = h.get("rd")
-    return TaskRecord(
-        task_id,
-        status,
-        h.get("n", ""),
-        h.get("i"),
-        h.get("u"),
-        h.get("c", ""),
-        h.get("p", ""),
-        h.get("o", ""),
-        float(h.get("ca", "0")),
-        _float(h.get("sa")),
-        float(h.get("ua", "0")),
-        _float(h.get("fa")),
-        None if result is None else json.loads(result),
-        err,
-        _float(h.get("pg")),
-        h.get("pm"),
-        {} if metadata is None else json.loads(metadata),
-        None if redirect is None else json.loads(redirect),
-        _float(h.get("sr")),
-        _float(h.get("mr")),
-    )
+    row = list(_DEFAULTS)
+    row[TASK_ID] = task_id
+    for position, field, decode in _READ:
+        raw = h.get(field)
+        if raw is not None:
+            row[position] = decode(raw)
+    return snapshot(tuple(row))
+
+
+_STATUSES = frozenset(status.value for status in TaskStatus)
 
 
 def encode_chunk(chunk: OutputChunk) -> str:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from .._checks import check_int, check_positive
 
@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from .._live import Live
     from .._records import OutputChunk, TaskRecord, TaskStatus
 
-__all__ = ["Page", "Retention", "Store", "WriteBatch"]
+__all__ = ["InProcessStore", "Page", "Retention", "Store", "WriteBatch", "retention_of"]
 
 
 @dataclass(slots=True, frozen=True)
@@ -49,6 +49,36 @@ class Retention:
             raise ValueError("result_ttl must be a finite number of seconds, not inf")
         check_int("max_finished", self.max_finished, 1)
         check_int("max_output", self.max_output, 1)
+
+
+def retention_of(
+    result_ttl: float | None,
+    max_finished: int | None,
+    max_output: int | None,
+    *,
+    own_store: bool,
+) -> Retention:
+    """The retention of the store a `TaskManager` creates (limits only apply to that one)."""
+    limits = {
+        name: value
+        for name, value in (
+            ("result_ttl", result_ttl),
+            ("max_finished", max_finished),
+            ("max_output", max_output),
+        )
+        if value is not None
+    }
+    if limits and not own_store:
+        raise ValueError(
+            f"{', '.join(limits)} configure the store this manager creates; "
+            "with store=..., give them to the store (its `retention`)"
+        )
+    defaults = Retention()
+    return Retention(
+        result_ttl=defaults.result_ttl if result_ttl is None else result_ttl,
+        max_finished=defaults.max_finished if max_finished is None else max_finished,
+        max_output=defaults.max_output if max_output is None else max_output,
+    )
 
 
 @dataclass(slots=True)
@@ -177,3 +207,22 @@ class Store(Protocol):
 
     async def retire(self, instance_id: str) -> None:
         """Forget a cleanly closed instance (its liveness and its empty sets)."""
+
+
+@runtime_checkable
+class InProcessStore(Protocol):
+    """A capability: a store that answers without I/O (it lives in this process).
+
+    The manager checks for it with ``isinstance(store, InProcessStore)`` and then
+    reads finished tasks straight from the store instead of keeping copies, and
+    writes on close without a deadline.
+    """
+
+    def peek(self, task_id: str) -> TaskRecord | None:
+        """`get()` without the coroutine: a fresh record, or None."""
+
+    def kept(self, task_id: str) -> Live | None:
+        """The row of a terminal task as kept (never to be changed), or None."""
+
+    def save_now(self, batch: WriteBatch) -> None:
+        """`save()` without the coroutine."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ._records import TaskRecord, TaskStatus, dump_json
+from .._records import TaskRecord, TaskStatus, dump_json
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -27,7 +27,7 @@ NOT_FOUND = "not_found"
 
 
 def dumps(obj: Any) -> str:
-    """Compact JSON; values JSON cannot express are written as their `str()`."""
+    """Compact JSON (of values the encoding rule has made JSON already)."""
     return dump_json(obj)
 
 
