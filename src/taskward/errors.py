@@ -9,6 +9,7 @@ The tree::
     ├── TaskFailed            `result()` of a task that failed, was cancelled or was lost
     ├── MaxRuntimeExceeded    a task ran past its max_runtime (recorded as the task's error)
     ├── TaskLost              a task's owner instance died (recorded as the task's error)
+    ├── ValueNotEncodable     a value a task hands over has no JSON form (recorded as its error)
     ├── ManagerClosed         the manager was closed, or used before it started
     └── StoreUnavailable      the store (Redis) could not be reached
 
@@ -95,6 +96,20 @@ class TaskLost(TaskwardError):
         super().__init__(f"task {task_id!r} was lost with its instance {instance_id!r}")
         self.task_id = task_id
         self.instance_id = instance_id
+
+
+class ValueNotEncodable(TaskwardError, ValueError):
+    """Raised when a value a task hands over (result, metadata, message, output) has no JSON form.
+
+    `what` names the value and where in it the trouble is (``result['a'][2]``), `reason`
+    what the trouble is; the message is both. A result that is not encodable is recorded
+    as the task's error.
+    """
+
+    def __init__(self, what: str, reason: str) -> None:
+        super().__init__(f"{what}: {reason}")
+        self.what = what
+        self.reason = reason
 
 
 class ManagerClosed(TaskwardError, RuntimeError):
