@@ -11,11 +11,12 @@ import pytest
 
 from helpers import batch, lives
 from taskward import OutputChunk, Retention, TaskError, TaskRecord, TaskStatus
-from taskward._live import BURST
 from taskward.stores.memory import MemoryStore
 
 RUNNING = TaskStatus.RUNNING
 COMPLETED = TaskStatus.COMPLETED
+#: Records in a "many at once" write: what one flush of a busy loop turn hands over.
+MANY = 40
 
 
 def make_record(
@@ -166,59 +167,58 @@ async def test_a_record_saved_already_terminal() -> None:
     assert await store.reap(time.time()) == []  # not counted as running anywhere
 
 
-async def test_a_burst_of_finished_tasks_is_indexed_like_one_by_one() -> None:
+async def test_many_finished_tasks_in_one_write_are_indexed_like_one_by_one() -> None:
     """Tasks that started and ended between two writes arrive together, terminal and
-    new (a burst takes a path of its own): listed in creation order, by user, item
-    and status, and evicted oldest first, in a burst too."""
-    store = MemoryStore(Retention(max_finished=BURST + 3))
-    burst = [
+    new: listed in creation order, by user, item and status, and evicted oldest first."""
+    store = MemoryStore(Retention(max_finished=MANY + 3))
+    records = [
         make_record(COMPLETED, user_id="alice", item_id="chat"),
         make_record(TaskStatus.FAILED),
         make_record(COMPLETED, item_id="chat"),
-    ] + [make_record(COMPLETED) for _ in range(BURST)]
-    await save(store, *burst)
-    ids = [rec.task_id for rec in burst]
+    ] + [make_record(COMPLETED) for _ in range(MANY)]
+    await save(store, *records)
+    ids = [rec.task_id for rec in records]
     assert await listed(store, 10) == ids[::-1]
     assert [r.task_id for r in (await store.query(user_id="alice")).records] == ids[:1]
     assert [r.task_id for r in (await store.query(item_id="chat")).records] == [ids[2], ids[0]]
     assert [r.task_id for r in (await store.query(status=TaskStatus.FAILED)).records] == [ids[1]]
-    later = [make_record(COMPLETED) for _ in range(BURST)]
+    later = [make_record(COMPLETED) for _ in range(MANY)]
     await save(store, *later)
-    for task_id in ids[:BURST]:
+    for task_id in ids[:MANY]:
         assert await store.get(task_id) is None
         assert_forgotten(store, task_id)
     assert (await store.query(user_id="alice")).records == []
-    assert len(store) == BURST + 3
-    assert await listed(store, 50) == [r.task_id for r in later[::-1]] + ids[BURST:][::-1]
+    assert len(store) == MANY + 3
+    assert await listed(store, 50) == [r.task_id for r in later[::-1]] + ids[MANY:][::-1]
 
 
-async def test_a_task_twice_in_one_burst_is_kept_once_as_first_written() -> None:
-    store = MemoryStore(Retention(max_finished=BURST + 1))
+async def test_a_task_twice_in_one_write_is_kept_once_as_first_written() -> None:
+    store = MemoryStore(Retention(max_finished=MANY + 1))
     first = make_record(COMPLETED, task_id="t-1")
     second = make_record(TaskStatus.FAILED, task_id="t-1")
-    others = [make_record(COMPLETED) for _ in range(BURST)]
+    others = [make_record(COMPLETED) for _ in range(MANY)]
     await save(store, first, *others, second)
     got = await store.get("t-1")
     assert got is not None
     assert got.status is COMPLETED
-    assert len(store) == BURST + 1
+    assert len(store) == MANY + 1
     await save(store, make_record(COMPLETED))  # evicting it must not trip over a second entry
     assert await store.get("t-1") is None
     assert all([await store.get(rec.task_id) is not None for rec in others])
 
 
-async def test_a_burst_with_a_known_task_is_stored_record_by_record() -> None:
+async def test_a_write_of_many_with_a_known_task_updates_it() -> None:
     store = MemoryStore()
     known = make_record(item_id="chat")
     await save(store, known)
     finish(known)
-    burst = [known] + [make_record(COMPLETED) for _ in range(BURST)]
-    await save(store, *burst)
+    records = [known] + [make_record(COMPLETED) for _ in range(MANY)]
+    await save(store, *records)
     assert await store.running_ids_by_item("chat") == []
     got = await store.get(known.task_id)
     assert got is not None
     assert got.status is COMPLETED
-    assert await listed(store, 100) == [rec.task_id for rec in burst[::-1]]
+    assert await listed(store, 100) == [rec.task_id for rec in records[::-1]]
 
 
 async def test_finishing_moves_a_record_out_of_the_running_indexes() -> None:
@@ -387,16 +387,16 @@ def assert_forgotten(store: MemoryStore, task_id: str) -> None:
     assert task_id not in store._finished
 
 
-async def test_a_burst_over_max_finished_drops_the_oldest_with_their_output() -> None:
-    store = MemoryStore(Retention(max_finished=BURST))
-    old = [make_record(COMPLETED) for _ in range(BURST)]
+async def test_many_over_max_finished_drop_the_oldest_with_their_output() -> None:
+    store = MemoryStore(Retention(max_finished=MANY))
+    old = [make_record(COMPLETED) for _ in range(MANY)]
     await store.save(batch(old, {rec.task_id: chunks(1, 2) for rec in old}, time.time()))
-    new = [make_record(COMPLETED) for _ in range(BURST)]
+    new = [make_record(COMPLETED) for _ in range(MANY)]
     await save(store, *new)
     for rec in old:
         assert_forgotten(store, rec.task_id)
-    assert [await store.get(rec.task_id) is not None for rec in new] == [True] * BURST
-    assert len(store) == BURST
+    assert [await store.get(rec.task_id) is not None for rec in new] == [True] * MANY
+    assert len(store) == MANY
 
 
 async def test_max_finished_drops_the_oldest_finished_with_everything_they_had() -> None:

@@ -26,7 +26,6 @@ from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from .._live import (
-    BURST,
     FINISHED_AT,
     INSTANCE_ID,
     ITEM_ID,
@@ -38,13 +37,8 @@ from .._live import (
     V_RUNNING,
     Live,
     finished,
-    item_id_of,
-    pop_all,
     replace,
     snapshot,
-    status_of,
-    task_id_of,
-    user_id_of,
 )
 from .._records import OutputChunk, TaskError, TaskRecord, TaskStatus
 from .base import Page, Retention, WriteBatch
@@ -114,15 +108,6 @@ class MemoryStore:
 
     def save_now(self, batch: WriteBatch) -> None:
         """`save` without the coroutine: the memory store never waits."""
-        records: Sequence[Live] = batch.records
-        # A burst: tasks that started and ended in one loop turn, all new here.
-        # Checked, then stored, with no Python code per record.
-        if (
-            len(records) >= BURST
-            and V_RUNNING not in map(status_of, records)
-            and self._add_finished(records)
-        ):
-            records = ()
         live = self._live
         done = self._done
         order = self._order
@@ -130,7 +115,7 @@ class MemoryStore:
         finished = self._finished
         stops = self._stops
         seq = self._seq
-        for rec in records:
+        for rec in batch.records:
             task_id = rec[TASK_ID]
             status = rec[STATUS]
             stored = live.get(task_id)
@@ -173,26 +158,6 @@ class MemoryStore:
         if finished:
             self._evict(batch.now or time.time())
 
-    def _add_finished(self, records: Sequence[Live]) -> bool:
-        """Store terminal records if their tasks are all new here (else False)."""
-        ids = list(map(task_id_of, records))
-        first = self._seq + 1
-        positions = dict(zip(ids, range(first, first + len(ids)), strict=True))
-        if len(positions) < len(ids) or not self._order.keys().isdisjoint(positions):
-            return False  # known ones, or an id twice (the first write counts)
-        self._order.update(positions)
-        self._seq += len(ids)
-        if any(map(user_id_of, records)) or any(map(item_id_of, records)):
-            index = self._index
-            for rec in records:
-                if rec[USER_ID] is not None:
-                    index.by_user.setdefault(rec[USER_ID], {})[rec[TASK_ID]] = None
-                if rec[ITEM_ID] is not None:
-                    index.by_item.setdefault(rec[ITEM_ID], {})[rec[TASK_ID]] = None
-        self._done.update(zip(ids, records, strict=True))
-        self._finished.extend(ids)
-        return True
-
     def _evict(self, now: float) -> None:
         """Drop the finished records beyond `max_finished` and those past `result_ttl`,
         oldest finished first, with their index entries and output."""
@@ -209,24 +174,21 @@ class MemoryStore:
 
     def _drop(self, gone: list[str]) -> None:
         """Forget finished tasks taken off `_finished`: records, positions, index
-        entries and output (a burst of them in C, where no index needs a record)."""
+        entries and output."""
         done = self._done
         order = self._order
         by_user = self._index.by_user
         by_item = self._index.by_item
-        if len(gone) >= BURST and not (by_user or by_item):
-            pop_all(done, gone)
-            pop_all(order, gone)
-        else:
-            for task_id in gone:
-                rec = done.pop(task_id)
-                del order[task_id]
-                if rec[USER_ID] is not None:
-                    _discard(by_user, rec[USER_ID], task_id)
-                if rec[ITEM_ID] is not None:
-                    _discard(by_item, rec[ITEM_ID], task_id)
-        if self._outputs:
-            pop_all(self._outputs, gone)
+        outputs = self._outputs
+        for task_id in gone:
+            rec = done.pop(task_id)
+            del order[task_id]
+            if rec[USER_ID] is not None:
+                _discard(by_user, rec[USER_ID], task_id)
+            if rec[ITEM_ID] is not None:
+                _discard(by_item, rec[ITEM_ID], task_id)
+            if outputs:
+                outputs.pop(task_id, None)
 
     # -- reads ----------------------------------------------------------------
 
