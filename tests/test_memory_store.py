@@ -9,7 +9,7 @@ import uuid
 
 import pytest
 
-from helpers import batch, lives
+from helpers import batch, lives, memory_indexes
 from taskward import OutputChunk, Retention, TaskError, TaskRecord, TaskStatus
 from taskward.stores.memory import MemoryStore
 
@@ -377,12 +377,12 @@ async def test_output_streams_are_bounded_by_max_output() -> None:
 
 
 def assert_forgotten(store: MemoryStore, task_id: str) -> None:
-    index = store._index
     assert task_id not in store
     assert task_id not in store._order
+    assert task_id not in store._at.values()
     assert task_id not in store._outputs
-    assert all(task_id not in ids for ids in index.by_user.values())
-    assert all(task_id not in ids for ids in index.by_item.values())
+    for indexes in memory_indexes(store).values():
+        assert all(task_id not in ids for ids in indexes.values())
     assert all(task_id not in ids for ids in store._stops.values())
     assert task_id not in store._finished
 
@@ -417,7 +417,7 @@ async def test_max_finished_drops_the_oldest_finished_with_everything_they_had()
         assert await store.get(rec.task_id) is not None
         assert len(await store.read_output(rec.task_id)) == 1
     assert await store.get(running.task_id) is not None  # running: never evicted
-    assert set(store._index.by_item) == {"i", "item-3", "item-4"}
+    assert set(memory_indexes(store)["item"]) == {"i", "item-3", "item-4"}
     assert len(store._finished) == 2
 
 

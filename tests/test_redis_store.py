@@ -77,6 +77,7 @@ def test_keys_share_one_hash_tag_and_never_collide() -> None:
         k.all,
         k.finished,
         k.instances,
+        k.heartbeats,
         k.reaper_lock,
     ]
     assert all(n.startswith("{app}:") for n in names)
@@ -210,29 +211,83 @@ async def test_a_record_first_saved_terminal_is_indexed(store: RedisStore) -> No
 # -- retention ---------------------------------------------------------------------------
 
 
-async def test_result_ttl_expires_records_and_their_index_entries(
+async def index_keys(redis_client: redis.asyncio.Redis, keys: Keys) -> set[str]:
+    """The prefix's index and retention keys that exist."""
+    found = {k.decode() async for k in redis_client.scan_iter(match=keys.pattern)}
+    return {k for k in found if k.startswith(keys.base + "idx:") or k == keys.finished}
+
+
+async def finished_then_expired(store: RedisStore, ttl: float) -> None:
+    """Records of two users, items and statuses, finished now, then `ttl` and a margin
+    waited: past their retention."""
+    now = time.time()
+    records = [
+        finish(rec(f"t{i}", user_id=f"u{i % 2}", item_id=f"i{i % 3}", created_at=now), at=now)
+        for i in range(6)
+    ]
+    finish(records[0], TaskStatus.FAILED, at=now)
+    await store.save(batch(records, outputs={"t1": [OutputChunk(1, "x", now)]}, now=now))
+    await asyncio.sleep(ttl * 1.5 + 0.1)
+
+
+async def test_expired_ids_leave_every_index_on_an_idle_instances_heartbeat(
+    make_store: Callable[..., Awaitable[RedisStore]],
+    redis_client: redis.asyncio.Redis,
+    keys: Keys,
+) -> None:
+    """An idle application writes nothing but its heartbeats: they trim, and the index
+    keys go with their last member."""
+    store = await make_store(result_ttl=0.2)
+    await store.heartbeat("idle", 10)
+    await finished_then_expired(store, 0.2)
+    assert await index_keys(redis_client, keys) == {
+        keys.all,
+        keys.finished,
+        keys.user_index("u0"),
+        keys.user_index("u1"),
+        keys.item_index("i0"),
+        keys.item_index("i1"),
+        keys.item_index("i2"),
+        keys.status_index("completed"),
+        keys.status_index("failed"),
+    }
+    assert await store.heartbeat("idle", 10)
+    assert await index_keys(redis_client, keys) == set()
+    assert await redis_client.exists(keys.task("t0"), keys.output("t1")) == 0
+
+
+async def test_expired_ids_leave_every_index_on_a_read(
     make_store: Callable[..., Awaitable[RedisStore]],
     redis_client: redis.asyncio.Redis,
     keys: Keys,
 ) -> None:
     store = await make_store(result_ttl=0.2)
-    now = time.time()
-    old = [finish(rec(f"old{i}", user_id="u", created_at=now), at=now) for i in range(3)]
-    await store.save(batch(old, outputs={"old0": [OutputChunk(1, "x", now)]}, now=now))
-    assert await store.get("old0") is not None
-    await asyncio.sleep(0.35)
-    assert await store.get("old0") is None
-    assert await store.read_output("old0") == []
-    # reads drop index entries of expired records...
-    page = await store.query(user_id="u")
-    assert page.records == []
-    assert await redis_client.zcard(keys.user_index("u")) == 0
-    # ...and writes drop what is older than the ttl from every index
-    assert await redis_client.zcard(keys.all) == 3
-    await store.save(batch([rec("new", created_at=time.time())], now=time.time()))
-    assert await redis_client.zrange(keys.all, 0, -1) == [b"new"]
-    assert await redis_client.zcard(keys.finished) == 0
-    assert await redis_client.zcard(keys.status_index("completed")) == 0
+    await finished_then_expired(store, 0.2)
+    assert (await store.query(item_id="i1")).records == []
+    assert await index_keys(redis_client, keys) == set()
+    await finished_then_expired(store, 0.2)
+    assert (await store.counts())[TaskStatus.COMPLETED] == 0
+    assert await index_keys(redis_client, keys) == set()
+
+
+async def test_a_running_task_keeps_its_index_entries_while_expired_ones_go(
+    make_store: Callable[..., Awaitable[RedisStore]],
+    redis_client: redis.asyncio.Redis,
+    keys: Keys,
+) -> None:
+    store = await make_store(result_ttl=0.2)
+    await store.save(batch([rec("long", user_id="u0", item_id="i0")], now=time.time()))
+    await finished_then_expired(store, 0.2)
+    await store.heartbeat("inst-a", 10)
+    assert await index_keys(redis_client, keys) == {
+        keys.all,
+        keys.user_index("u0"),
+        keys.item_index("i0"),
+        keys.status_index("running"),
+    }
+    for index in await index_keys(redis_client, keys):
+        assert await redis_client.zrange(index, 0, -1) == [b"long"], index
+        assert await redis_client.ttl(index) == -1, index  # never expires under a running task
 
 
 async def test_max_finished_keeps_the_store_bounded(
