@@ -220,6 +220,9 @@ class MemoryStore:
             stream = self._outputs.get(task_id)
             if stream is None:
                 stream = self._outputs[task_id] = deque(maxlen=self.retention.max_output)
+            elif stream and chunks and chunks[0].seq <= stream[-1].seq:
+                last = stream[-1].seq  # sent again: what is kept stays as it is
+                chunks = [chunk for chunk in chunks if chunk.seq > last]
             stream.extend(chunks)
         if finished:
             self._evict(batch.now or time.time())
@@ -358,6 +361,8 @@ class MemoryStore:
     async def read_output(
         self, task_id: str, after: int = 0, limit: int = 1000
     ) -> list[OutputChunk]:
+        if self._finished:
+            self._evict(time.time())
         stream = self._outputs.get(task_id)
         if not stream:
             return []
