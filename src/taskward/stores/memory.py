@@ -12,7 +12,9 @@ positions (all tasks, by user, by item, by status), each a list kept sorted,
 newest last: a page seeks its cursor (a position) by bisection and reads
 newest first from there, so the first page of any listing costs the same
 whether a thousand records are kept or a million, and so does a page from a
-cursor. A record leaving an index (a task finishing leaves the running one,
+cursor. A new record's position is the largest yet, so entering it is an
+append; only a finished status takes its tasks in finish order, each put in
+its place by `insort` (a move of the newer entries, in C). A record leaving an index (a task finishing leaves the running one,
 an evicted record leaves them all) is not cut out of the list: its position
 goes in the index's set of departed ones, which readers skip, and the list
 is rebuilt without them once they are as many as the rest (so an index is
@@ -25,7 +27,8 @@ One `MemoryStore` may be shared by several managers in a process (each an
 "instance"); liveness then works as in Redis, with deadlines instead of TTLs,
 and so do stop requests: the store keeps a request on its copy of the record
 (an owner's later writes do not erase it) and in the owner's pending stops. The
-running tasks of an instance are found by a scan when it dies or closes, or
+owner of a running task is a known instance from that task's first write (it
+is reaped if it never heartbeats, as in Redis). The running tasks of an instance are found by a scan when it dies or closes, or
 when `instances()` counts them, which is rare, instead of an index every task
 would pay for.
 """
