@@ -38,6 +38,7 @@ bench: $(STAMP) $(BENCH_STAMP)
 	$(BIN)/python bench/redis_lifecycle.py $(BENCH_ARGS)
 	$(BIN)/python bench/stop_latency.py $(BENCH_ARGS)
 	$(BIN)/python bench/liveness.py $(BENCH_ARGS)
+	$(BIN)/python bench/listing.py --redis
 
 bench-quick: $(STAMP) $(BENCH_STAMP)
 	$(BIN)/python bench/lifecycle.py --sizes 10000 --repeat 2
@@ -45,6 +46,7 @@ bench-quick: $(STAMP) $(BENCH_STAMP)
 	$(BIN)/python bench/redis_lifecycle.py --quick $(BENCH_ARGS)
 	$(BIN)/python bench/stop_latency.py --quick $(BENCH_ARGS)
 	$(BIN)/python bench/liveness.py --quick $(BENCH_ARGS)
+	$(BIN)/python bench/listing.py --quick
 
 example: $(STAMP)
 	$(BIN)/python examples/quickstart.py

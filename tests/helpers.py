@@ -32,6 +32,8 @@ __all__ = [
     "fail",
     "forever",
     "lives",
+    "memory_indexes",
+    "memory_sizes",
     "no_unawaited_coroutines",
     "swallow",
     "value",
@@ -125,3 +127,45 @@ def batch(
 def lives(records: Iterable[TaskRecord]) -> list[Live]:
     """`records` as an owner's live records (for `Store.heartbeat`)."""
     return [from_record(rec) for rec in records]
+
+
+def memory_indexes(store: MemoryStore) -> dict[str, dict[str, list[str]]]:
+    """The task ids each index of a memory store holds, oldest first, by index kind
+    and key (``"all"`` has the one key ``""``); departed entries left out."""
+
+    def ids(index: Any) -> list[str]:
+        return [store._at[p] for p in index.positions if p not in index.departed]
+
+    return {
+        "all": {"": ids(store._all)},
+        "status": {status: ids(index) for status, index in store._by_status.items()},
+        "user": {user: ids(index) for user, index in store._by_user.items()},
+        "item": {item: ids(index) for item, index in store._by_item.items()},
+    }
+
+
+def memory_sizes(store: MemoryStore) -> dict[str, int]:
+    """Entries in every per-task structure of a memory store. An index counts what it
+    holds (``by_user``...) and, under ``..._held``, the entries its lists keep, the
+    departed ones included (a bounded number: see `taskward.stores.memory`)."""
+    users = store._by_user.values()
+    items = store._by_item.values()
+    statuses = store._by_status.values()
+    return {
+        "records": len(store),
+        "order": len(store._order),
+        "positions": len(store._at),
+        "finished": len(store._finished),
+        "outputs": len(store._outputs),
+        "all": len(store._all),
+        "all_held": len(store._all.positions),
+        "by_status": sum(len(index) for index in statuses),
+        "by_status_held": sum(len(index.positions) for index in statuses),
+        "by_user": sum(len(index) for index in users),
+        "by_user_held": sum(len(index.positions) for index in users),
+        "by_item": sum(len(index) for index in items),
+        "by_item_held": sum(len(index.positions) for index in items),
+        "stops": sum(len(ids) for ids in store._stops.values()),
+        "user_keys": len(store._by_user),
+        "item_keys": len(store._by_item),
+    }

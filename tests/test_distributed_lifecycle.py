@@ -230,7 +230,11 @@ async def test_finished_records_and_their_index_entries_expire(
     async def leftovers() -> list[str]:
         names = await scan_keys(redis_client, keys.pattern)
         # Instance bookkeeping (liveness, sets) belongs to the live workers, not to tasks.
-        return [n for n in names if not n.startswith(keys.instance_prefix) and n != keys.instances]
+        return [
+            n
+            for n in names
+            if not n.startswith(keys.instance_prefix) and n not in (keys.instances, keys.heartbeats)
+        ]
 
     expected = sorted(
         [

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from helpers import blocked, value
+from helpers import blocked, memory_sizes, value
 from taskward import Retention, TaskManager, TaskNotFound, TaskStatus, emit
 from taskward.stores.memory import MemoryStore
 
@@ -23,22 +23,6 @@ def memory_store(tm: TaskManager) -> MemoryStore:
     store = tm._store
     assert isinstance(store, MemoryStore)
     return store
-
-
-def index_sizes(store: MemoryStore) -> dict[str, int]:
-    """Entries in every per-task structure of the store."""
-    index = store._index
-    return {
-        "records": len(store),
-        "order": len(store._order),
-        "finished": len(store._finished),
-        "outputs": len(store._outputs),
-        "by_user": sum(len(ids) for ids in index.by_user.values()),
-        "by_item": sum(len(ids) for ids in index.by_item.values()),
-        "stops": sum(len(ids) for ids in store._stops.values()),
-        "user_keys": len(index.by_user),
-        "item_keys": len(index.by_item),
-    }
 
 
 def test_the_managers_retention_settings(make_manager: Callable[..., TaskManager]) -> None:
@@ -130,9 +114,10 @@ async def test_max_finished_keeps_the_newest(make_manager: Callable[..., TaskMan
         assert await tm.get_record(task_id) is None
     for task_id in ids[7:]:
         assert await tm.get_record(task_id) is not None
-    sizes = index_sizes(memory_store(tm))
-    for name in ("records", "order", "finished", "by_user", "by_item"):
+    sizes = memory_sizes(memory_store(tm))
+    for name in ("records", "order", "positions", "finished", "all", "by_status", "by_user"):
         assert sizes[name] == 5, name
+    assert sizes["by_item"] == 5
 
 
 async def test_max_finished_holds_under_200_000_tasks(
@@ -151,13 +136,20 @@ async def test_max_finished_holds_under_200_000_tasks(
         ]
         await tm.wait(last[-1], timeout=5)
         if batch % 50 == 0:
-            assert index_sizes(store)["records"] <= 1000 + 1000  # never more than a batch over
+            assert memory_sizes(store)["records"] <= 1000 + 1000  # never more than a batch over
     await tm.records(limit=1)  # everything flushed
 
-    sizes = index_sizes(store)
+    sizes = memory_sizes(store)
     assert 900 <= sizes["records"] <= 1000
-    for name in ("order", "finished", "by_user", "by_item", "stops"):
+    for name in ("order", "positions", "finished", "all", "by_status", "by_user", "by_item"):
         assert sizes[name] <= 1000, name
+    assert sizes["stops"] == 0
+    # An index's list keeps departed entries until they are as many as the rest.
+    slack = 64
+    assert sizes["all_held"] <= 2 * sizes["all"] + slack
+    assert sizes["by_status_held"] <= 2 * sizes["by_status"] + 5 * slack
+    assert sizes["by_user_held"] <= 2 * sizes["by_user"] + sizes["user_keys"] * slack
+    assert sizes["by_item_held"] <= 2 * sizes["by_item"] + sizes["item_keys"] * slack
     assert sizes["outputs"] == 0
     assert sizes["item_keys"] <= 100  # keys of items with nothing left are dropped
     assert sizes["user_keys"] <= 50

@@ -77,6 +77,7 @@ def test_keys_share_one_hash_tag_and_never_collide() -> None:
         k.all,
         k.finished,
         k.instances,
+        k.heartbeats,
         k.reaper_lock,
     ]
     assert all(n.startswith("{app}:") for n in names)
@@ -153,16 +154,6 @@ async def test_a_batch_with_a_value_that_is_not_json_raises_and_writes_nothing(
     assert await store.get("ok") is None
 
 
-async def test_a_later_save_clears_fields_that_became_none(store: RedisStore) -> None:
-    r = rec("t", progress_message="working", redirect={"to": "x"})
-    await store.save(batch([r], now=NOW))
-    r.progress_message = None
-    r.redirect = None
-    r.progress = 0.5
-    await store.save(batch([r], now=NOW))
-    assert await store.get("t") == r
-
-
 async def test_records_read_through_a_decoding_client(
     redis_url: str, keys: Keys, store: RedisStore
 ) -> None:
@@ -176,21 +167,6 @@ async def test_records_read_through_a_decoding_client(
         assert [r.task_id for r in page.records] == ["t"]
     finally:
         await client.aclose()
-
-
-async def test_terminal_records_are_never_overwritten(store: RedisStore) -> None:
-    done = finish(rec("t", result="first"))
-    await store.save(batch([done], now=NOW + 1))
-    again = finish(rec("t", result="second"), TaskStatus.FAILED, at=NOW + 2)
-    running = rec("t", progress=0.9)
-    await store.save(batch([again], now=NOW + 2))
-    await store.save(batch([running], now=NOW + 2))
-    await store.heartbeat("inst-a", 5, lives([running]))
-    got = await store.get("t")
-    assert got is not None
-    assert (got.status, got.result, got.finished_at) == (TaskStatus.COMPLETED, "first", NOW + 1)
-    page = await store.query(status=TaskStatus.RUNNING)
-    assert page.records == []
 
 
 async def test_finishing_moves_indexes_and_starts_retention(
@@ -211,38 +187,86 @@ async def test_finishing_moves_indexes_and_starts_retention(
     assert await redis_client.zscore(keys.finished, "t cancelled u i") == NOW + 1
 
 
-async def test_a_record_first_saved_terminal_is_indexed(store: RedisStore) -> None:
-    await store.save(batch([finish(rec("t", user_id="u"))], now=NOW + 1))
-    page = await store.query(user_id="u", status=TaskStatus.COMPLETED)
-    assert [r.task_id for r in page.records] == ["t"]
-
-
 # -- retention ---------------------------------------------------------------------------
 
 
-async def test_result_ttl_expires_records_and_their_index_entries(
+async def index_keys(redis_client: redis.asyncio.Redis, keys: Keys) -> set[str]:
+    """The prefix's index and retention keys that exist."""
+    found = {k.decode() async for k in redis_client.scan_iter(match=keys.pattern)}
+    return {k for k in found if k.startswith(keys.base + "idx:") or k == keys.finished}
+
+
+async def finished_then_expired(store: RedisStore, ttl: float) -> None:
+    """Records of two users, items and statuses, finished now, then `ttl` and a margin
+    waited: past their retention."""
+    now = time.time()
+    records = [
+        finish(rec(f"t{i}", user_id=f"u{i % 2}", item_id=f"i{i % 3}", created_at=now), at=now)
+        for i in range(6)
+    ]
+    finish(records[0], TaskStatus.FAILED, at=now)
+    await store.save(batch(records, outputs={"t1": [OutputChunk(1, "x", now)]}, now=now))
+    await asyncio.sleep(ttl * 1.5 + 0.1)
+
+
+async def test_expired_ids_leave_every_index_on_an_idle_instances_heartbeat(
+    make_store: Callable[..., Awaitable[RedisStore]],
+    redis_client: redis.asyncio.Redis,
+    keys: Keys,
+) -> None:
+    """An idle application writes nothing but its heartbeats: they trim, and the index
+    keys go with their last member."""
+    store = await make_store(result_ttl=0.2)
+    await store.heartbeat("idle", 10)
+    await finished_then_expired(store, 0.2)
+    assert await index_keys(redis_client, keys) == {
+        keys.all,
+        keys.finished,
+        keys.user_index("u0"),
+        keys.user_index("u1"),
+        keys.item_index("i0"),
+        keys.item_index("i1"),
+        keys.item_index("i2"),
+        keys.status_index("completed"),
+        keys.status_index("failed"),
+    }
+    assert await store.heartbeat("idle", 10)
+    assert await index_keys(redis_client, keys) == set()
+    assert await redis_client.exists(keys.task("t0"), keys.output("t1")) == 0
+
+
+async def test_expired_ids_leave_every_index_on_a_read(
     make_store: Callable[..., Awaitable[RedisStore]],
     redis_client: redis.asyncio.Redis,
     keys: Keys,
 ) -> None:
     store = await make_store(result_ttl=0.2)
-    now = time.time()
-    old = [finish(rec(f"old{i}", user_id="u", created_at=now), at=now) for i in range(3)]
-    await store.save(batch(old, outputs={"old0": [OutputChunk(1, "x", now)]}, now=now))
-    assert await store.get("old0") is not None
-    await asyncio.sleep(0.35)
-    assert await store.get("old0") is None
-    assert await store.read_output("old0") == []
-    # reads drop index entries of expired records...
-    page = await store.query(user_id="u")
-    assert page.records == []
-    assert await redis_client.zcard(keys.user_index("u")) == 0
-    # ...and writes drop what is older than the ttl from every index
-    assert await redis_client.zcard(keys.all) == 3
-    await store.save(batch([rec("new", created_at=time.time())], now=time.time()))
-    assert await redis_client.zrange(keys.all, 0, -1) == [b"new"]
-    assert await redis_client.zcard(keys.finished) == 0
-    assert await redis_client.zcard(keys.status_index("completed")) == 0
+    await finished_then_expired(store, 0.2)
+    assert (await store.query(item_id="i1")).records == []
+    assert await index_keys(redis_client, keys) == set()
+    await finished_then_expired(store, 0.2)
+    assert (await store.counts())[TaskStatus.COMPLETED] == 0
+    assert await index_keys(redis_client, keys) == set()
+
+
+async def test_a_running_task_keeps_its_index_entries_while_expired_ones_go(
+    make_store: Callable[..., Awaitable[RedisStore]],
+    redis_client: redis.asyncio.Redis,
+    keys: Keys,
+) -> None:
+    store = await make_store(result_ttl=0.2)
+    await store.save(batch([rec("long", user_id="u0", item_id="i0")], now=time.time()))
+    await finished_then_expired(store, 0.2)
+    await store.heartbeat("inst-a", 10)
+    assert await index_keys(redis_client, keys) == {
+        keys.all,
+        keys.user_index("u0"),
+        keys.item_index("i0"),
+        keys.status_index("running"),
+    }
+    for index in await index_keys(redis_client, keys):
+        assert await redis_client.zrange(index, 0, -1) == [b"long"], index
+        assert await redis_client.ttl(index) == -1, index  # never expires under a running task
 
 
 async def test_max_finished_keeps_the_store_bounded(
@@ -292,23 +316,6 @@ async def test_trimming_spares_a_reused_id(
 # -- query -----------------------------------------------------------------------------
 
 
-async def test_query_pages_newest_first_with_a_cursor(store: RedisStore) -> None:
-    records = [rec(f"t{i:02d}", created_at=NOW + i) for i in range(25)]
-    await store.save(batch(records, now=NOW))
-    seen: list[str] = []
-    cursor = None
-    pages = 0
-    while True:
-        page = await store.query(limit=10, cursor=cursor)
-        pages += 1
-        seen += [r.task_id for r in page.records]
-        if page.cursor is None:
-            break
-        cursor = page.cursor
-    assert seen == [f"t{i:02d}" for i in reversed(range(25))]
-    assert pages == 3
-
-
 async def test_query_pages_through_equal_creation_times(store: RedisStore) -> None:
     records = [rec(f"t{i:02d}") for i in range(23)]  # all created at NOW
     await store.save(batch(records, now=NOW))
@@ -320,41 +327,6 @@ async def test_query_pages_through_equal_creation_times(store: RedisStore) -> No
         seen += [r.task_id for r in page.records]
     assert sorted(seen) == sorted(r.task_id for r in records)
     assert len(seen) == len(set(seen))
-
-
-async def test_query_filters_combine(store: RedisStore) -> None:
-    records = []
-    for i in range(30):
-        r = rec(f"t{i:02d}", created_at=NOW + i, user_id=f"u{i % 2}", item_id=f"i{i % 3}")
-        if i % 5 == 0:
-            finish(r)
-        records.append(r)
-    await store.save(batch(records, now=NOW + 1))
-
-    async def ids(**kw: Any) -> list[str]:
-        out: list[str] = []
-        page = await store.query(limit=4, **kw)
-        out += [r.task_id for r in page.records]
-        while page.cursor is not None:
-            page = await store.query(limit=4, cursor=page.cursor, **kw)
-            out += [r.task_id for r in page.records]
-        return out
-
-    def expect(pred: Callable[[TaskRecord], bool]) -> list[str]:
-        return [r.task_id for r in reversed(records) if pred(r)]
-
-    assert await ids(user_id="u1") == expect(lambda r: r.user_id == "u1")
-    assert await ids(item_id="i2") == expect(lambda r: r.item_id == "i2")
-    done = TaskStatus.COMPLETED
-    assert await ids(status=done) == expect(lambda r: r.status is done)
-    assert await ids(user_id="u0", item_id="i0") == expect(
-        lambda r: r.user_id == "u0" and r.item_id == "i0"
-    )
-    assert await ids(user_id="u0", item_id="i1", status=TaskStatus.RUNNING) == expect(
-        lambda r: (r.user_id, r.item_id, r.status) == ("u0", "i1", TaskStatus.RUNNING)
-    )
-    assert await ids(user_id="nobody") == []
-    assert await ids(status=TaskStatus.LOST) == []
 
 
 async def test_query_scans_past_its_budget(
@@ -383,45 +355,7 @@ async def test_query_never_shows_a_stale_index_entry(
     assert await redis_client.zcard(keys.user_index("u1")) == 0
 
 
-@pytest.mark.parametrize("cursor", ["", "garbage!", "bm90LWEtY3Vyc29y", "YWJjCg", "x" * 2000])
-async def test_malformed_cursor_is_a_value_error(store: RedisStore, cursor: str) -> None:
-    with pytest.raises(ValueError, match="cursor"):
-        await store.query(cursor=cursor)
-
-
-async def test_query_refuses_a_non_positive_limit(store: RedisStore) -> None:
-    with pytest.raises(ValueError, match="limit"):
-        await store.query(limit=0)
-
-
-async def test_running_ids_by_item_oldest_first(store: RedisStore) -> None:
-    records = [rec(f"t{i}", item_id="chat", created_at=NOW + 10 - i) for i in range(4)]
-    records.append(rec("elsewhere", item_id="other"))
-    finish(records[1])
-    await store.save(batch(records, now=NOW))
-    assert await store.running_ids_by_item("chat") == ["t3", "t2", "t0"]
-    assert await store.running_ids_by_item("none") == []
-
-
 # -- output ------------------------------------------------------------------------------
-
-
-async def test_output_is_capped_and_read_from_a_cursor(
-    make_store: Callable[..., Awaitable[RedisStore]],
-) -> None:
-    store = await make_store(max_output=5)
-    await store.save(batch([rec("t")], now=NOW))
-    chunks = [OutputChunk(i, f"line {i} | with bars", NOW + i) for i in range(1, 13)]
-    await store.save(batch(outputs={"t": chunks[:7]}, now=NOW))
-    await store.save(batch(outputs={"t": chunks[7:]}, now=NOW))
-    assert await store.read_output("t") == chunks[-5:]
-    assert await store.read_output("t", after=9) == chunks[9:]
-    assert await store.read_output("t", after=8, limit=2) == chunks[8:10]
-    assert await store.read_output("t", after=12) == []
-    assert await store.read_output("t", limit=0) == []
-    # a resent batch (a retry) changes nothing
-    await store.save(batch(outputs={"t": chunks[7:]}, now=NOW))
-    assert await store.read_output("t") == chunks[-5:]
 
 
 async def test_output_of_an_unknown_task_is_dropped(
@@ -448,39 +382,6 @@ async def test_huge_output_batch_fits_lua_limits(store: RedisStore) -> None:
 
 
 # -- stops -------------------------------------------------------------------------------
-
-
-async def test_request_stop_sets_once_and_only_on_running(store: RedisStore) -> None:
-    await store.save(batch([rec("run", instance_id="i1"), finish(rec("done"))], now=NOW + 1))
-    first = await store.request_stop("run", NOW + 5)
-    assert first is not None and first.stop_requested_at == NOW + 5
-    second = await store.request_stop("run", NOW + 9)
-    assert second is not None and second.stop_requested_at == NOW + 5
-    assert await store.pending_stops("i1") == ["run"]
-    done = await store.request_stop("done", NOW + 5)
-    assert done is not None and done.stop_requested_at is None
-    assert done.status is TaskStatus.COMPLETED
-    assert await store.pending_stops("inst-a") == []
-    assert await store.request_stop("unknown", NOW) is None
-
-
-async def test_concurrent_stop_requests_agree(store: RedisStore) -> None:
-    await store.save(batch([rec("t")], now=NOW))
-    results = await asyncio.gather(*(store.request_stop("t", NOW + i) for i in range(1, 21)))
-    stamps = {r.stop_requested_at for r in results if r is not None}
-    assert len(stamps) == 1
-    assert await store.pending_stops("inst-a") == ["t"]
-
-
-async def test_save_never_writes_the_stop_request(store: RedisStore) -> None:
-    r = rec("t")
-    await store.save(batch([r], now=NOW))
-    await store.request_stop("t", NOW + 1)
-    r.progress = 0.5
-    r.stop_requested_at = None  # the owner's copy does not know yet
-    await store.save(batch([r], now=NOW))
-    got = await store.get("t")
-    assert got is not None and got.stop_requested_at == NOW + 1 and got.progress == 0.5
 
 
 # -- liveness ----------------------------------------------------------------------------

@@ -1,35 +1,31 @@
-"""Building a store and bus from what `TaskManager(redis=...)` was given."""
+"""The Redis half of `taskward.stores.open_store`, which also takes a client.
+
+`open_store` turns a ``redis...://`` URL into a backend through `open_redis`;
+`TaskManager(redis=...)` may also pass a ``redis.asyncio`` client, which only
+`open_redis` accepts (a client is used as it is and never closed here).
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:
-    from collections.abc import Callable
+from .stores import Backend
 
-    from ._pulse import Pulse
+if TYPE_CHECKING:
     from .bus.redis import RedisBus
-    from .stores.base import Retention, Store
+    from .stores.base import Retention
 
 __all__ = ["RedisBackend", "open_redis"]
 
 
 @dataclass(frozen=True, slots=True)
-class RedisBackend:
-    """What `TaskManager(redis=...)` runs on.
+class RedisBackend(Backend):
+    """A `Backend` on Redis: the store publishes each flush's events with its write
+    (`encode_events` is the bus's `encode`), in the same round trip, since both
+    talk to the same server. `connection` is the `RedisConnection` to close."""
 
-    `connection` is closed by the manager. The store publishes each flush's
-    events with its write (encoded by `bus.encode`), in the same round trip,
-    since both talk to the same server. `pulse(instance_id,
-    ttl, interval)` is a liveness `Pulse` for the instance (not started), or
-    None where no synchronous twin of the connection can be made.
-    """
-
-    store: Store
     bus: RedisBus
-    connection: Any
-    pulse: Callable[[str, float, float], Pulse | None]
 
 
 def open_redis(
@@ -37,8 +33,7 @@ def open_redis(
 ) -> RedisBackend:
     """The Redis store, bus and connection for a URL or a ``redis.asyncio`` client.
 
-    Importing redis happens here, so the in-process default never needs it;
-    without it the error says which extra to install.
+    Importing redis happens here, so the in-process default never needs it.
     """
     from ._pulse import Pulse, sync_client_factory
     from ._redis import connect
@@ -60,4 +55,4 @@ def open_redis(
         # lapse (a lost server, a reaping) is still seen by the loop heartbeat.
         return Pulse(connect, lambda client: client.set(key, "1", px=ttl_ms, xx=True), interval)
 
-    return RedisBackend(store, bus, connection, pulse)
+    return RedisBackend(store, bus, connection, pulse, bus.encode)

@@ -17,19 +17,15 @@ a `TaskRecord` made by `snapshot()`, its own to keep.
 
 from __future__ import annotations
 
-from collections import deque
 from dataclasses import fields
-from itertools import repeat
-from operator import itemgetter
 from typing import TYPE_CHECKING, Any, Final
 
 from ._records import EMPTY, STATUS_BY_VALUE, TaskError, TaskEvent, TaskRecord, TaskStatus
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Mapping
+    from collections.abc import Mapping
 
 __all__ = [
-    "BURST",
     "CHANNEL_ID",
     "CREATED_AT",
     "ERROR",
@@ -60,14 +56,9 @@ __all__ = [
     "event_of",
     "finished",
     "from_record",
-    "item_id_of",
     "outcome",
-    "pop_all",
     "replace",
     "snapshot",
-    "status_of",
-    "task_id_of",
-    "user_id_of",
 ]
 
 # A row's status is the `TaskStatus` value as a plain str: an enum member (an
@@ -104,22 +95,6 @@ METADATA: Final = 16
 REDIRECT: Final = 17
 STOP_REQUESTED_AT: Final = 18
 MAX_RUNTIME: Final = 19
-
-# A flush hands a store the rows of every task that changed in a loop turn,
-# thousands in a burst; these go over them in C (`map(status_of, rows)`).
-status_of = itemgetter(STATUS)
-task_id_of = itemgetter(TASK_ID)
-user_id_of = itemgetter(USER_ID)
-item_id_of = itemgetter(ITEM_ID)
-
-
-# Below this many rows a loop in Python costs less than setting up the iterators.
-BURST: Final = 32
-
-
-def pop_all(table: dict[str, Any], keys: Iterable[str]) -> None:
-    """Remove `keys` from `table`; absent ones are skipped."""
-    deque(map(table.pop, keys, repeat(None)), maxlen=0)
 
 
 def replace(row: Live, changes: Mapping[int, Any]) -> Live:

@@ -33,6 +33,7 @@ __all__ = [
     "TaskNotFound",
     "TaskTimeout",
     "TaskwardError",
+    "ValueNotEncodable",
 ]
 
 

@@ -33,6 +33,7 @@ from ._sync import SYNC_TIMEOUT, Flusher, cancel_and_wait
 from ._table import LocalTable
 from .bus.memory import MemoryBus
 from .errors import ManagerClosed, StoreUnavailable, TaskIdInUse, TaskNotFound
+from .stores import open_store
 from .stores.base import InProcessStore, Page, retention_of
 from .stores.memory import MemoryStore
 
@@ -45,7 +46,8 @@ if TYPE_CHECKING:
     from ._pulse import Pulse
     from ._records import OutputChunk, StopResult, TaskRecord
     from .bus.base import Bus
-    from .stores.base import Store
+    from .stores import Backend
+    from .stores.base import Retention, Store
 
 __all__ = ["TaskManager"]
 
@@ -54,6 +56,31 @@ logger = logging.getLogger(__name__)
 # Final records of tasks run here that an instance on a remote store keeps for reads.
 RECENT_LIMIT = 10_000
 CLOSE_REASON = "manager closed"
+
+
+def _backend(
+    redis: Any,
+    store: Store | str | None,
+    bus: Bus | None,
+    *,
+    prefix: str,
+    retention: Retention,
+    secret: str | bytes | None,
+) -> Backend | None:
+    """The backend `TaskManager(redis=..., store="url")` asks for, or None for objects given."""
+    if redis is not None and (store is not None or bus is not None):
+        raise ValueError("pass either redis or store/bus, not both")
+    if isinstance(store, str):
+        if bus is not None:
+            raise ValueError("a store URL brings its own bus; pass no bus with it")
+        return open_store(store, prefix=prefix, retention=retention, secret=secret)
+    if isinstance(redis, str):
+        return open_store(redis, prefix=prefix, retention=retention, secret=secret)
+    if redis is not None:
+        from ._backends import open_redis  # a client: redis is installed
+
+        return open_redis(redis, prefix=prefix, retention=retention, secret=secret)
+    return None
 
 
 class _State(enum.Enum):
@@ -71,9 +98,11 @@ class TaskManager:
     tm``; `aclose()` ends it: running tasks get `shutdown_grace` seconds to
     finish, then are cancelled, and all final states are written.
 
-    `redis` is None for the in-process default, or a Redis/Valkey URL
-    (`redis://`, `rediss://`, `redis+sentinel://`, `redis+cluster://`) or a
-    `redis.asyncio` client, for a store and bus shared by every instance.
+    `store` is None for the in-process default, a `Store`, or a URL for
+    `taskward.stores.open_store` (`memory://`, `redis://`, `rediss://`,
+    `unix://`, `redis+sentinel://`, `redis+cluster://`): a store and bus shared
+    by every instance on the same server and `prefix`. `redis` takes such a
+    Redis URL too, or a `redis.asyncio` client.
 
     Every read, wait, listing and stop takes `caller=` (a `Caller`): a caller that
     is not an admin sees only its own tasks, and another user's task answers
@@ -90,7 +119,7 @@ class TaskManager:
         timeout: float = 10.0,
         redis: Any = None,
         *,
-        store: Store | None = None,
+        store: Store | str | None = None,
         bus: Bus | None = None,
         prefix: str = "taskward",
         instance_id: str | None = None,
@@ -116,7 +145,8 @@ class TaskManager:
             liveness_ttl,
         )
         check_int("max_backlog", max_backlog, 1)
-        retention = retention_of(result_ttl, max_finished, max_output, own_store=store is None)
+        own_store = store is None or isinstance(store, str)
+        retention = retention_of(result_ttl, max_finished, max_output, own_store=own_store)
         self.timeout = float(timeout)
         self.stop_timeout = float(stop_timeout)
         self.shutdown_grace = float(shutdown_grace)
@@ -127,25 +157,27 @@ class TaskManager:
         self.instance_id = check_id(instance_id or default_instance_id(), "instance_id")
         #: The encoding rule every value a task hands over goes through.
         self.encoder = ValueEncoder(encoder, max_value_size)
+        self._store: Store
+        self._bus: Bus
         self._owned: list[Any] = []  # what aclose() must close: things we created
-        encode_events = None
         self._make_pulse = None
         # Nobody but this manager can ever hear of its tasks (its own store and bus
         # in memory): the hot path skips events and store syncs.
-        alone = store is None and bus is None and redis is None
-        if redis is not None:
-            if store is not None or bus is not None:
-                raise ValueError("pass either redis or store/bus, not both")
-            from ._backends import open_redis
-
-            backend = open_redis(redis, prefix=prefix, retention=retention, secret=secret)
-            store, bus = backend.store, backend.bus
+        alone = (store is None or store == "memory://") and bus is None and redis is None
+        backend = _backend(redis, store, bus, prefix=prefix, retention=retention, secret=secret)
+        encode_events = None
+        if backend is not None:
+            self._store, self._bus = backend.store, backend.bus
             # Store and bus share a server: events ride on the store's write.
-            encode_events = backend.bus.encode
+            encode_events = backend.encode_events
             self._make_pulse = backend.pulse
-            self._owned.append(backend.connection)
-        self._store: Store = store if store is not None else MemoryStore(retention)
-        self._bus: Bus = bus if bus is not None else MemoryBus()
+            if backend.connection is not None:
+                self._owned.append(backend.connection)
+        else:
+            self._store = (
+                MemoryStore(retention) if store is None or isinstance(store, str) else store
+            )
+            self._bus = bus if bus is not None else MemoryBus()
         self.retention = self._store.retention
         self._pulse: Pulse | None = None
         in_process = isinstance(self._store, InProcessStore)

@@ -2,7 +2,8 @@
 
 Every script gets the same head: ``KEYS[1]`` is the ``idx:all`` key (it routes
 the call to the prefix's slot on Cluster), ``KEYS[2]`` the ``finished`` zset,
-``KEYS[3]`` the ``instances`` set; ``ARGV[1..9]`` are the kind prefixes of
+``KEYS[3]`` the ``instances`` set, ``KEYS[4]`` the ``heartbeats`` hash; a
+script's own keys follow from ``KEYS[5]``. ``ARGV[1..9]`` are the kind prefixes of
 `Keys.script_layout`, which the scripts concatenate with ids they find
 server-side (when trimming or reaping). Such keys are not declared in KEYS,
 which Redis and Valkey allow on Cluster as long as they live in the slot of
@@ -20,11 +21,21 @@ created/updated/finished, ``e`` error, ``sr`` stop requested at.
 
 from __future__ import annotations
 
-__all__ = ["QUERY", "REAP", "REQUEST_STOP", "RETIRE", "RUNNING_BY_ITEM", "SAVE"]
+__all__ = [
+    "COUNTS",
+    "HEARTBEAT",
+    "INSTANCES",
+    "QUERY",
+    "REAP",
+    "REQUEST_STOP",
+    "RETIRE",
+    "RUNNING_BY_ITEM",
+    "SAVE",
+]
 
 _PRELUDE = """
 local TASK, OUT, UIDX, IIDX, SIDX, INST, ALIVE, TASKS, STOPS = unpack(ARGV, 1, 9)
-local ALL, FINISHED, INSTANCES = KEYS[1], KEYS[2], KEYS[3]
+local ALL, FINISHED, INSTANCES, HEARTBEATS = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local TERMINAL = {completed = true, failed = true, cancelled = true, lost = true}
 
 -- Index and set updates are queued and sent once per key with all their members
@@ -65,15 +76,19 @@ local function finish(id, st, user, item, created, fin, owner, ttl)
 end
 
 -- Retention let a finished record go: delete it, its output and index entries,
--- unless its id now names a newer record (a caller-chosen id reused after expiry).
+-- unless its id now names a newer record (a caller-chosen id reused after expiry),
+-- which keeps them but for its old status's entry.
 local function drop(member, score)
   defer('ZREM', FINISHED, member)
   local id, st, user, item = string.match(member, '^(%S+) (%S+) (%S*) (%S*)$')
   if not id then return end
   local cur = redis.call('HMGET', TASK .. id, 's', 'fa', 'ua')
   if cur[1] then
-    if not TERMINAL[cur[1]] then return end
-    if tonumber(cur[2] or cur[3]) ~= tonumber(score) then return end
+    local newer = not TERMINAL[cur[1]] or tonumber(cur[2] or cur[3]) ~= tonumber(score)
+    if newer then
+      if cur[1] ~= st then defer('ZREM', SIDX .. st, id) end
+      return
+    end
   end
   doomed[#doomed + 1] = TASK .. id
   doomed[#doomed + 1] = OUT .. id
@@ -85,6 +100,8 @@ end
 
 -- Drop finished records older than the cutoff, then the oldest beyond max_finished;
 -- at most `budget` of each per call, so one call never blocks the server for long.
+-- Run by every write, read and heartbeat: while any instance lives, expired ids
+-- leave the indexes within a heartbeat, writes or not.
 local function trim(cutoff, maxf, budget)
   local old = redis.call('ZRANGE', FINISHED, '-inf', cutoff, 'BYSCORE', 'LIMIT', 0, budget,
     'WITHSCORES')
@@ -157,25 +174,26 @@ return 0
 """
 )
 
-# KEYS[4..] candidate index keys (the smallest is read); ARGV after the head: after_score,
-# after_id|'', limit, budget, then (field, value) filters to check on each record.
-# Returns {more (0/1), last_score, last_id, id, record, id, record, ...}; records are HGETALL
-# arrays.
+# KEYS[5..] candidate index keys (the smallest is read); ARGV after the head: max_finished,
+# cutoff, trim_budget, after_score, after_id|'', limit, budget, then (field, value, index key)
+# filters to check on each record. Returns {more (0/1), last_score, last_id, id, record, id,
+# record, ...}; records are HGETALL arrays.
 QUERY = (
     _PRELUDE
     + """
-local best, bestn = KEYS[4], nil
-if #KEYS > 4 then
-  for k = 4, #KEYS do
+trim(ARGV[11], tonumber(ARGV[10]), tonumber(ARGV[12]))
+local best, bestn = KEYS[5], nil
+if #KEYS > 5 then
+  for k = 5, #KEYS do
     local n = redis.call('ZCARD', KEYS[k])
     if bestn == nil or n < bestn then best, bestn = KEYS[k], n end
   end
 end
-local after_score, after = ARGV[10], ARGV[11]
-local limit, budget = tonumber(ARGV[12]), tonumber(ARGV[13])
+local after_score, after = ARGV[13], ARGV[14]
+local limit, budget = tonumber(ARGV[15]), tonumber(ARGV[16])
 local own_field, own_value = nil, nil
 local filters = {}
-for j = 14, #ARGV, 3 do
+for j = 17, #ARGV, 3 do
   local f, v, key = ARGV[j], ARGV[j + 1], ARGV[j + 2]
   filters[#filters + 1] = {f, v}
   if key == best then own_field, own_value = f, v end
@@ -231,12 +249,12 @@ return out
 """
 )
 
-# KEYS[4] item index, KEYS[5] running index; ARGV after the head: item_id.
+# KEYS[5] item index, KEYS[6] running index; ARGV after the head: item_id.
 RUNNING_BY_ITEM = (
     _PRELUDE
     + """
 local out = {}
-for _, id in ipairs(redis.call('ZINTER', 2, KEYS[4], KEYS[5], 'WEIGHTS', 1, 0)) do
+for _, id in ipairs(redis.call('ZINTER', 2, KEYS[5], KEYS[6], 'WEIGHTS', 1, 0)) do
   local h = redis.call('HMGET', TASK .. id, 's', 'i')
   if h[1] == 'running' and h[2] == ARGV[10] then out[#out + 1] = id end
 end
@@ -261,16 +279,16 @@ return redis.call('HGETALL', tk)
 """
 )
 
-# KEYS[4] the reaper lock; ARGV after the head: token, lock_ms, now, ttl_ms, max_finished,
+# KEYS[5] the reaper lock; ARGV after the head: token, lock_ms, now, ttl_ms, max_finished,
 # cutoff, budget. Returns {'locked'} or {'done'|'more', id, record, id, record, ...}.
 REAP = (
     _PRELUDE
     + """
 local token, lock_ms, now, ttl = ARGV[10], ARGV[11], ARGV[12], ARGV[13]
 local maxf, cutoff, budget = tonumber(ARGV[14]), ARGV[15], tonumber(ARGV[16])
-local holder = redis.call('GET', KEYS[4])
+local holder = redis.call('GET', KEYS[5])
 if holder and holder ~= token then return {'locked'} end
-redis.call('SET', KEYS[4], token, 'PX', lock_ms)
+redis.call('SET', KEYS[5], token, 'PX', lock_ms)
 local out = {'done'}
 local done = 0
 for _, iid in ipairs(redis.call('SMEMBERS', INSTANCES)) do
@@ -295,6 +313,7 @@ for _, iid in ipairs(redis.call('SMEMBERS', INSTANCES)) do
     if redis.call('SCARD', tasks) == 0 then
       redis.call('DEL', tasks, INST .. iid .. STOPS)
       redis.call('SREM', INSTANCES, iid)
+      redis.call('HDEL', HEARTBEATS, iid)
     end
     if done >= budget then
       out[1] = 'more'
@@ -304,7 +323,7 @@ for _, iid in ipairs(redis.call('SMEMBERS', INSTANCES)) do
 end
 flush()
 trim(cutoff, maxf, budget)
-if out[1] == 'done' then redis.call('DEL', KEYS[4]) end
+if out[1] == 'done' then redis.call('DEL', KEYS[5]) end
 return out
 """
 )
@@ -318,7 +337,58 @@ redis.call('DEL', INST .. iid .. ALIVE)
 if redis.call('SCARD', INST .. iid .. TASKS) == 0 then
   redis.call('DEL', INST .. iid .. TASKS, INST .. iid .. STOPS)
   redis.call('SREM', INSTANCES, iid)
+  redis.call('HDEL', HEARTBEATS, iid)
 end
 return 0
+"""
+)
+
+# ARGV after the head: instance_id, ttl_ms, now, max_finished, cutoff, trim_budget. Sets the
+# liveness key and returns 1 if it was still set, 0 if it had lapsed (or the server lost
+# its data). One script, not a pipeline: resent after a NOSCRIPT, it has not run before.
+HEARTBEAT = (
+    _PRELUDE
+    + """
+local iid = ARGV[10]
+local was = redis.call('SET', INST .. iid .. ALIVE, '1', 'PX', ARGV[11], 'GET')
+redis.call('SADD', INSTANCES, iid)
+redis.call('HSET', HEARTBEATS, iid, ARGV[12])
+trim(ARGV[14], tonumber(ARGV[13]), tonumber(ARGV[15]))
+if was then return 1 end
+return 0
+"""
+)
+
+# No ARGV after the head. Returns {id, alive (0/1), running, last heartbeat|'', ...} for
+# every instance that heartbeats or owns running tasks, by id.
+INSTANCES = (
+    _PRELUDE
+    + """
+local seen = {}
+for _, iid in ipairs(redis.call('SMEMBERS', INSTANCES)) do seen[iid] = true end
+for _, iid in ipairs(redis.call('HKEYS', HEARTBEATS)) do seen[iid] = true end
+local ids = {}
+for iid in pairs(seen) do ids[#ids + 1] = iid end
+table.sort(ids)
+local out = {}
+for _, iid in ipairs(ids) do
+  out[#out + 1] = iid
+  out[#out + 1] = redis.call('EXISTS', INST .. iid .. ALIVE)
+  out[#out + 1] = redis.call('SCARD', INST .. iid .. TASKS)
+  out[#out + 1] = redis.call('HGET', HEARTBEATS, iid) or ''
+end
+return out
+"""
+)
+
+# ARGV after the head: max_finished, cutoff, trim_budget, then status values. Trims, then
+# returns the size of each status's index, in the order given.
+COUNTS = (
+    _PRELUDE
+    + """
+trim(ARGV[11], tonumber(ARGV[10]), tonumber(ARGV[12]))
+local out = {}
+for j = 13, #ARGV do out[#out + 1] = redis.call('ZCARD', SIDX .. ARGV[j]) end
+return out
 """
 )

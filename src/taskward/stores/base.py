@@ -6,27 +6,133 @@ a process). The manager is the only writer of a task's own fields and calls
 `save()` from a single flusher, once per loop turn with every record that changed
 in that turn; stores keep these writes cheap by batching them (one pipeline).
 
-Records passed to `save()` are the owners' live records (`Live`, plain tuples
-the owner replaces as its tasks change; see `_live.py`): a store may keep them
-as they are, must never hand them out, and reads return fresh `TaskRecord`s.
-`taskward._live.from_record` turns a `TaskRecord` into one.
+A backend written outside taskward imports everything it needs from this
+module: the protocol, the types it speaks (`Row`, `WriteBatch`, `Page`,
+`Retention`, `InstanceInfo`) and the converters between rows and records.
+
+Rows
+----
+Records reach `save()` (and `heartbeat()`) as *rows*: the owner's own records,
+plain tuples it replaces (never changes) as its tasks change, kept as tuples so
+Python's cyclic garbage collector does not walk them. A store may keep a row as
+it is but must never hand one out: every read returns a fresh `TaskRecord`
+(`row_to_record(row)`); `record_to_row(record)` goes the other way. Positions:
+
+=====================  =====================================================
+Position               Holds
+=====================  =====================================================
+``TASK_ID``            the task id (str)
+``STATUS``             the status as its string value (``TaskStatus.X.value``)
+``NAME``               the task's name (str, may be empty)
+``ITEM_ID``            item id, or None
+``USER_ID``            user id, or None
+``CHANNEL_ID``         channel id (str, may be empty)
+``PLATFORM``           platform (str, may be empty)
+``INSTANCE_ID``        the owner instance's id
+``CREATED_AT``         creation time (Unix seconds, float)
+``STARTED_AT``         start time, or None
+``UPDATED_AT``         time of the last change
+``FINISHED_AT``        finish time, None while running
+``RESULT``             the result (already encoded by the owner), or None
+``ERROR``              the error (a `TaskError`), or None
+``PROGRESS``           progress fraction, or None
+``PROGRESS_MESSAGE``   progress message, or None
+``METADATA``           metadata dict, None when empty
+``REDIRECT``           redirect target dict, or None
+``STOP_REQUESTED_AT``  when a stop was requested, or None (a store keeps its
+                       own: only `request_stop` sets it)
+``MAX_RUNTIME``        seconds the task may run, or None
+=====================  =====================================================
+
+Capabilities
+------------
+Some stores can do more than the protocol asks; each such capability is a
+`runtime_checkable` protocol here, so the manager asks
+``isinstance(store, InProcessStore)`` instead of probing for methods:
+
+- `InProcessStore`: the store lives in this process and answers without I/O
+  (`MemoryStore`): reads and writes without a coroutine.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, TypeAlias, runtime_checkable
 
 from .._checks import check_int, check_positive
+from .._live import (
+    CHANNEL_ID,
+    CREATED_AT,
+    ERROR,
+    FINISHED_AT,
+    INSTANCE_ID,
+    ITEM_ID,
+    MAX_RUNTIME,
+    METADATA,
+    NAME,
+    PLATFORM,
+    PROGRESS,
+    PROGRESS_MESSAGE,
+    REDIRECT,
+    RESULT,
+    STARTED_AT,
+    STATUS,
+    STOP_REQUESTED_AT,
+    TASK_ID,
+    UPDATED_AT,
+    USER_ID,
+    Live,
+    from_record,
+    snapshot,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from .._live import Live
     from .._records import OutputChunk, TaskRecord, TaskStatus
 
-__all__ = ["InProcessStore", "Page", "Retention", "Store", "WriteBatch", "retention_of"]
+__all__ = [
+    "CHANNEL_ID",
+    "CREATED_AT",
+    "ERROR",
+    "FINISHED_AT",
+    "INSTANCE_ID",
+    "ITEM_ID",
+    "MAX_RUNTIME",
+    "METADATA",
+    "NAME",
+    "PLATFORM",
+    "PROGRESS",
+    "PROGRESS_MESSAGE",
+    "REDIRECT",
+    "RESULT",
+    "STARTED_AT",
+    "STATUS",
+    "STOP_REQUESTED_AT",
+    "TASK_ID",
+    "UPDATED_AT",
+    "USER_ID",
+    "InProcessStore",
+    "InstanceInfo",
+    "Page",
+    "Retention",
+    "Row",
+    "Store",
+    "WriteBatch",
+    "record_to_row",
+    "retention_of",
+    "row_to_record",
+]
+
+#: A record as `save()` receives it: a tuple laid out as the table above says.
+Row: TypeAlias = Live
+
+#: The row of a `TaskRecord` (a store that keeps rows turns records into them).
+record_to_row = from_record
+
+#: A fresh `TaskRecord` of a row: what every read hands out.
+row_to_record = snapshot
 
 
 @dataclass(slots=True, frozen=True)
@@ -95,7 +201,7 @@ class WriteBatch:
     trip (set only for such a pair; see `TaskManager`).
     """
 
-    records: list[Live] = field(default_factory=list)
+    records: list[Row] = field(default_factory=list)
     outputs: dict[str, list[OutputChunk]] = field(default_factory=dict)
     now: float = 0.0
     notice: str | None = None
@@ -110,6 +216,22 @@ class Page:
 
     records: list[TaskRecord]
     cursor: str | None
+
+
+@dataclass(slots=True, frozen=True)
+class InstanceInfo:
+    """One instance as the store knows it (see `Store.instances`).
+
+    `alive`: its liveness has not lapsed. `running`: how many of its tasks the
+    store holds as running. `last_heartbeat`: Unix time of the last heartbeat
+    it sent from its event loop, or None if it never sent one (it is known
+    only as the owner of running tasks).
+    """
+
+    instance_id: str
+    alive: bool
+    running: int
+    last_heartbeat: float | None
 
 
 class Store(Protocol):
@@ -157,6 +279,13 @@ class Store(Protocol):
         Raises ValueError for a malformed cursor.
         """
 
+    async def counts(self) -> dict[TaskStatus, int]:
+        """How many records the store holds in each status, every status present.
+
+        Read from indexes or counters, never by going over records. Records past
+        their retention are not counted.
+        """
+
     async def running_ids_by_item(self, item_id: str) -> list[str]:
         """Ids of the item's tasks that are still running, oldest first."""
 
@@ -180,7 +309,7 @@ class Store(Protocol):
         """Ids of the instance's running tasks that have a stop request."""
 
     async def heartbeat(
-        self, instance_id: str, ttl: float, running: Sequence[Live] | None = None
+        self, instance_id: str, ttl: float, running: Sequence[Row] | None = None
     ) -> bool:
         """Mark the instance alive for `ttl` seconds; return whether it still was.
 
@@ -206,23 +335,38 @@ class Store(Protocol):
         """
 
     async def retire(self, instance_id: str) -> None:
-        """Forget a cleanly closed instance (its liveness and its empty sets)."""
+        """Forget a cleanly closed instance (its liveness and its empty sets).
+
+        An instance that still has running tasks in the store is not forgotten:
+        its liveness ends, so the reaper marks those tasks lost.
+        """
+
+    async def instances(self) -> list[InstanceInfo]:
+        """The instances the store knows, by instance id.
+
+        An instance is known from its first heartbeat (or from the first
+        running task it saves) until it is retired or reaped. One whose
+        liveness lapsed is listed with ``alive=False`` until then.
+        """
 
 
 @runtime_checkable
-class InProcessStore(Protocol):
-    """A capability: a store that answers without I/O (it lives in this process).
+class InProcessStore(Store, Protocol):
+    """A store in this process that answers without I/O (`MemoryStore`).
 
-    The manager checks for it with ``isinstance(store, InProcessStore)`` and then
-    reads finished tasks straight from the store instead of keeping copies, and
-    writes on close without a deadline.
+    The manager reads it without a coroutine and keeps no copies of final
+    records beside it (the store's own are as close).
     """
 
     def peek(self, task_id: str) -> TaskRecord | None:
-        """`get()` without the coroutine: a fresh record, or None."""
+        """`get` without the coroutine: a fresh record, or None."""
 
-    def kept(self, task_id: str) -> Live | None:
-        """The row of a terminal task as kept (never to be changed), or None."""
+    def kept(self, task_id: str) -> Row | None:
+        """A terminal task's row as the store keeps it, or None.
+
+        None when the task is not terminal here (running, unknown or past its
+        retention). A row never changes: nothing to copy.
+        """
 
     def save_now(self, batch: WriteBatch) -> None:
-        """`save()` without the coroutine."""
+        """`save` without the coroutine."""

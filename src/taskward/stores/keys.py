@@ -27,6 +27,7 @@ Key                            Type         Holds
 ``P:inst:<instance_id>:tasks`` set          ids of the instance's running tasks
 ``P:inst:<instance_id>:stops`` set          ids of its running tasks with a stop request
 ``P:instances``                set          instance ids that may own running tasks
+``P:heartbeats``               hash         instance id -> Unix time of its last heartbeat
 ``P:lock:reaper``              string       the reaper's lock: its token, with a PX expiry
 ``P:cmd:<instance_id>``        channel      commands to one instance (pub/sub)
 ``P:events``                   channel      events for every instance (pub/sub)
@@ -64,6 +65,7 @@ class Keys:
         "base",
         "events",
         "finished",
+        "heartbeats",
         "instance_prefix",
         "instances",
         "item_prefix",
@@ -100,6 +102,7 @@ class Keys:
         self.all = base + "idx:all"
         self.finished = base + "finished"
         self.instances = base + "instances"
+        self.heartbeats = base + "heartbeats"
         self.reaper_lock = base + "lock:reaper"
         self.events = base + "events"
 

@@ -1,32 +1,47 @@
 """The in-process store: the default, no server needed.
 
-Records live in dicts as the owners' live records (plain tuples, see
-`_live.py`), running and terminal alike: they are the truth in one process, and
-every read returns a fresh `TaskRecord`. The garbage collector stops tracking
-such a tuple (when its result is a plain value too), so thousands of kept
-results cost a full collection nothing. Indexes are insertion ordered dicts
-(creation order), so listing walks an index, never every record; the table of
-running records is itself the running index. Finished
-records sit in a queue ordered by finish time and are evicted by age
-(`result_ttl`) and count (`max_finished`), taking their index entries and output
-with them: memory stays flat under endless load.
+Records live in dicts as the owners' rows (plain tuples, see
+`taskward.stores.base`), running and terminal alike: they are the truth in one
+process, and every read returns a fresh `TaskRecord`. The garbage collector
+stops tracking such a tuple (when its result is a plain value too), so
+thousands of kept results cost a full collection nothing.
+
+Every record gets a *position* when the store first sees it: a number that
+only grows, so positions are creation order. Listings read indexes of
+positions (all tasks, by user, by item, by status), each a list kept sorted,
+newest last: a page seeks its cursor (a position) by bisection and reads
+newest first from there, so the first page of any listing costs the same
+whether a thousand records are kept or a million, and so does a page from a
+cursor. A new record's position is the largest yet, so entering it is an
+append; only a finished status takes its tasks in finish order, each put in
+its place by `insort` (a move of the newer entries, in C). A record leaving an index (a task finishing leaves the running one,
+an evicted record leaves them all) is not cut out of the list: its position
+goes in the index's set of departed ones, which readers skip, and the list
+is rebuilt without them once they are as many as the rest (so an index is
+at most about twice what it holds, and rebuilding costs under two steps per
+departure). Finished records sit in a queue ordered by finish time and are
+evicted by age (`result_ttl`) and count (`max_finished`), taking their index
+entries and output with them: memory stays flat under endless load.
 
 One `MemoryStore` may be shared by several managers in a process (each an
 "instance"); liveness then works as in Redis, with deadlines instead of TTLs,
 and so do stop requests: the store keeps a request on its copy of the record
 (an owner's later writes do not erase it) and in the owner's pending stops. The
-running tasks of an instance are found by a scan when it dies or closes, which
-is rare, instead of an index every task would pay for.
+owner of a running task is a known instance from that task's first write (it
+is reaped if it never heartbeats, as in Redis). The running tasks of an instance are found by a scan when it dies or closes, or
+when `instances()` counts them, which is rare, instead of an index every task
+would pay for.
 """
 
 from __future__ import annotations
 
 import time
-from collections import deque
-from typing import TYPE_CHECKING, Any
+from bisect import bisect_left, insort
+from collections import Counter, deque
+from itertools import filterfalse
+from typing import TYPE_CHECKING
 
 from .._live import (
-    BURST,
     FINISHED_AT,
     INSTANCE_ID,
     ITEM_ID,
@@ -36,62 +51,98 @@ from .._live import (
     USER_ID,
     V_LOST,
     V_RUNNING,
-    Live,
     finished,
-    item_id_of,
-    pop_all,
     replace,
     snapshot,
-    status_of,
-    task_id_of,
-    user_id_of,
 )
 from .._records import OutputChunk, TaskError, TaskRecord, TaskStatus
-from .base import Page, Retention, WriteBatch
+from .base import InstanceInfo, Page, Retention, Row, WriteBatch
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Sequence
+    from collections.abc import Iterator, Sequence
 
 __all__ = ["MemoryStore"]
 
+# Departed entries an index may hold beyond as many as it has live ones, so a
+# small index is not rebuilt at every departure.
+_SLACK = 64
+
 
 class _Index:
-    """Task ids by user and by item, each in creation order.
+    """The positions of one index's tasks, ascending, and those of tasks that left it.
 
-    Not by status: the running tasks are the keys of `MemoryStore._live` (in
-    creation order too), and a listing by a finished status filters the finished
-    records, which it has to sort by creation anyway (they are kept in finish
-    order). Every task would pay for such an index; few listings would use it.
+    A task new to the store has the largest position yet, so entering it is an
+    append; only a finished status takes tasks in another order (`insort`).
     """
 
-    __slots__ = ("by_item", "by_user")
+    __slots__ = ("departed", "positions")
 
     def __init__(self) -> None:
-        self.by_user: dict[str, dict[str, None]] = {}
-        self.by_item: dict[str, dict[str, None]] = {}
+        self.positions: list[int] = []
+        self.departed: set[int] = set()
+
+    def __len__(self) -> int:
+        """How many tasks are in the index."""
+        return len(self.positions) - len(self.departed)
+
+    def tidy(self) -> None:
+        """Rebuild the list without the departed entries once they are as many as
+        the rest (in place: the list stays the same object)."""
+        departed = self.departed
+        if 2 * len(departed) > len(self.positions) + _SLACK:
+            self.positions[:] = filterfalse(departed.__contains__, self.positions)
+            departed.clear()
+
+    def newest_first(self, before: int | None) -> Iterator[int]:
+        """Positions in the index, below `before` if given, newest first."""
+        positions = self.positions
+        departed = self.departed
+        k = len(positions) if before is None else bisect_left(positions, before)
+        while k:
+            k -= 1
+            position = positions[k]
+            if position not in departed:
+                yield position
 
 
-def _discard(index: dict[str, dict[str, None]], key: str, task_id: str) -> None:
-    ids = index.get(key)
-    if ids is not None:
-        ids.pop(task_id, None)
-        if not ids:
-            del index[key]
+def _enter(indexes: dict[str, _Index], key: str, position: int) -> None:
+    """A new task, at `position`, enters the index of `key`."""
+    index = indexes.get(key)
+    if index is None:
+        index = indexes[key] = _Index()
+    index.positions.append(position)
+
+
+def _leave(indexes: dict[str, _Index], key: str, position: int) -> None:
+    """The task at `position` leaves the index of `key`; an emptied index goes."""
+    index = indexes[key]
+    if len(index) == 1:
+        del indexes[key]
+    else:
+        index.departed.add(position)
+        index.tidy()
 
 
 class MemoryStore:
-    """A `Store` in this process's memory."""
+    """A `Store` in this process's memory; an `InProcessStore`."""
 
     def __init__(self, retention: Retention | None = None) -> None:
         self.retention = retention or Retention()
-        self._live: dict[str, Live] = {}  # running, in creation order
-        self._done: dict[str, Live] = {}  # terminal
-        self._index = _Index()
+        self._live: dict[str, Row] = {}  # running, in creation order
+        self._done: dict[str, Row] = {}  # terminal
+        self._order: dict[str, int] = {}  # task id -> its position
+        self._at: dict[int, str] = {}  # position -> task id
+        self._seq = 0  # the last position given
+        self._all = _Index()
+        self._by_status = {status.value: _Index() for status in TaskStatus}
+        self._by_user: dict[str, _Index] = {}
+        self._by_item: dict[str, _Index] = {}
         self._finished: deque[str] = deque()  # terminal task ids, oldest finished first
-        self._order: dict[str, int] = {}  # task id -> position in creation order (the cursor)
-        self._seq = 0
         self._outputs: dict[str, deque[OutputChunk]] = {}
-        self._alive: dict[str, float] = {}  # instance id -> deadline (monotonic)
+        # Instance id -> liveness deadline (monotonic); 0.0 for an owner of running
+        # tasks that never heartbeat (it is reaped as dead).
+        self._alive: dict[str, float] = {}
+        self._beats: dict[str, float] = {}  # instance id -> last heartbeat (Unix time)
         self._stops: dict[str, dict[str, None]] = {}
 
     def __len__(self) -> int:
@@ -114,40 +165,39 @@ class MemoryStore:
 
     def save_now(self, batch: WriteBatch) -> None:
         """`save` without the coroutine: the memory store never waits."""
-        records: Sequence[Live] = batch.records
-        # A burst: tasks that started and ended in one loop turn, all new here.
-        # Checked, then stored, with no Python code per record.
-        if (
-            len(records) >= BURST
-            and V_RUNNING not in map(status_of, records)
-            and self._add_finished(records)
-        ):
-            records = ()
         live = self._live
         done = self._done
         order = self._order
-        index = self._index
+        at = self._at
+        every = self._all.positions
+        by_user = self._by_user
+        by_item = self._by_item
+        by_status = self._by_status
+        running = by_status[V_RUNNING]
+        alive = self._alive
         finished = self._finished
         stops = self._stops
         seq = self._seq
-        for rec in records:
+        for rec in batch.records:
             task_id = rec[TASK_ID]
             status = rec[STATUS]
             stored = live.get(task_id)
             if stored is None:
-                # New here, it takes the next position; known, it is terminal here
-                # (positions only grow, so a known one is smaller).
-                if order.setdefault(task_id, seq + 1) <= seq:
-                    continue  # terminal states never change
+                if task_id in order:
+                    continue  # terminal here, and terminal states never change
                 seq += 1
-                user_id = rec[USER_ID]
-                if user_id is not None:
-                    index.by_user.setdefault(user_id, {})[task_id] = None
-                item_id = rec[ITEM_ID]
-                if item_id is not None:
-                    index.by_item.setdefault(item_id, {})[task_id] = None
+                position = seq
+                order[task_id] = position
+                at[position] = task_id
+                every.append(position)
+                if rec[USER_ID] is not None:
+                    _enter(by_user, rec[USER_ID], position)
+                if rec[ITEM_ID] is not None:
+                    _enter(by_item, rec[ITEM_ID], position)
                 if status == V_RUNNING:
                     live[task_id] = rec
+                    running.positions.append(position)
+                    alive.setdefault(rec[INSTANCE_ID], 0.0)
                     continue
             else:
                 if stored[STOP_REQUESTED_AT] is not None and rec[STOP_REQUESTED_AT] is None:
@@ -158,40 +208,27 @@ class MemoryStore:
                     continue
                 # just finished
                 del live[task_id]
+                position = order[task_id]
+                running.departed.add(position)
                 if stops:
                     _discard(stops, rec[INSTANCE_ID], task_id)
+            insort(by_status[status].positions, position)
             done[task_id] = rec
             finished.append(task_id)
         self._seq = seq
+        running.tidy()
         for task_id, chunks in batch.outputs.items():
             if task_id not in live and task_id not in done:
                 continue
             stream = self._outputs.get(task_id)
             if stream is None:
                 stream = self._outputs[task_id] = deque(maxlen=self.retention.max_output)
+            elif stream and chunks and chunks[0].seq <= stream[-1].seq:
+                last = stream[-1].seq  # sent again: what is kept stays as it is
+                chunks = [chunk for chunk in chunks if chunk.seq > last]
             stream.extend(chunks)
         if finished:
             self._evict(batch.now or time.time())
-
-    def _add_finished(self, records: Sequence[Live]) -> bool:
-        """Store terminal records if their tasks are all new here (else False)."""
-        ids = list(map(task_id_of, records))
-        first = self._seq + 1
-        positions = dict(zip(ids, range(first, first + len(ids)), strict=True))
-        if len(positions) < len(ids) or not self._order.keys().isdisjoint(positions):
-            return False  # known ones, or an id twice (the first write counts)
-        self._order.update(positions)
-        self._seq += len(ids)
-        if any(map(user_id_of, records)) or any(map(item_id_of, records)):
-            index = self._index
-            for rec in records:
-                if rec[USER_ID] is not None:
-                    index.by_user.setdefault(rec[USER_ID], {})[rec[TASK_ID]] = None
-                if rec[ITEM_ID] is not None:
-                    index.by_item.setdefault(rec[ITEM_ID], {})[rec[TASK_ID]] = None
-        self._done.update(zip(ids, records, strict=True))
-        self._finished.extend(ids)
-        return True
 
     def _evict(self, now: float) -> None:
         """Drop the finished records beyond `max_finished` and those past `result_ttl`,
@@ -209,24 +246,28 @@ class MemoryStore:
 
     def _drop(self, gone: list[str]) -> None:
         """Forget finished tasks taken off `_finished`: records, positions, index
-        entries and output (a burst of them in C, where no index needs a record)."""
+        entries and output."""
         done = self._done
         order = self._order
-        by_user = self._index.by_user
-        by_item = self._index.by_item
-        if len(gone) >= BURST and not (by_user or by_item):
-            pop_all(done, gone)
-            pop_all(order, gone)
-        else:
-            for task_id in gone:
-                rec = done.pop(task_id)
-                del order[task_id]
-                if rec[USER_ID] is not None:
-                    _discard(by_user, rec[USER_ID], task_id)
-                if rec[ITEM_ID] is not None:
-                    _discard(by_item, rec[ITEM_ID], task_id)
-        if self._outputs:
-            pop_all(self._outputs, gone)
+        at = self._at
+        every = self._all
+        by_status = self._by_status
+        outputs = self._outputs
+        for task_id in gone:
+            rec = done.pop(task_id)
+            position = order.pop(task_id)
+            del at[position]
+            every.departed.add(position)
+            by_status[rec[STATUS]].departed.add(position)
+            if rec[USER_ID] is not None:
+                _leave(self._by_user, rec[USER_ID], position)
+            if rec[ITEM_ID] is not None:
+                _leave(self._by_item, rec[ITEM_ID], position)
+            if outputs:
+                outputs.pop(task_id, None)
+        every.tidy()
+        for index in by_status.values():
+            index.tidy()
 
     # -- reads ----------------------------------------------------------------
 
@@ -239,8 +280,8 @@ class MemoryStore:
             return None
         return snapshot(rec)
 
-    def kept(self, task_id: str) -> Live | None:
-        """A terminal task's record as kept (a tuple: nothing to copy), or None.
+    def kept(self, task_id: str) -> Row | None:
+        """A terminal task's row as kept (a tuple: nothing to copy), or None.
 
         None when the task is not terminal here (running, unknown or expired).
         """
@@ -269,42 +310,29 @@ class MemoryStore:
     ) -> Page:
         if limit < 1:
             raise ValueError("limit must be at least 1")
+        before = _decode_cursor(cursor) if cursor is not None else None
         if self._finished:
             self._evict(time.time())
         value = None if status is None else TaskStatus(status).value
+        # The smallest index of the filters given; the others are checked per record.
+        index = self._all
+        for candidate in (
+            None if user_id is None else self._by_user.get(user_id, _EMPTY),
+            None if item_id is None else self._by_item.get(item_id, _EMPTY),
+            None if value is None else self._by_status[value],
+        ):
+            if candidate is not None and (index is self._all or len(candidate) < len(index)):
+                index = candidate
+        at = self._at
         live = self._live
         done = self._done
-        candidates: list[dict[str, Any]] = []
-        if user_id is not None:
-            candidates.append(self._index.by_user.get(user_id, {}))
-        if item_id is not None:
-            candidates.append(self._index.by_item.get(item_id, {}))
-        if value == V_RUNNING:
-            candidates.append(live)
-        before = _decode_cursor(cursor) if cursor is not None else None
-        order = self._order
-        # Newest first, without copying an index: a page costs what it reads.
-        newest_first: Iterable[str]
-        if candidates:
-            smallest: dict[str, Any] = min(candidates, key=len)
-            newest_first = reversed(smallest)
-        elif value is not None:
-            # A finished status: its records, kept in finish order, listed by creation.
-            newest_first = sorted(
-                (task_id for task_id, rec in done.items() if rec[STATUS] == value),
-                key=order.__getitem__,
-                reverse=True,
-            )
-        else:
-            newest_first = reversed(order)
         out: list[TaskRecord] = []
         more = False
-        for task_id in newest_first:
-            if before is not None and order[task_id] >= before:
-                continue  # on the pages before this one
+        for position in index.newest_first(before):
             if len(out) == limit:
                 more = True
                 break
+            task_id = at[position]
             rec = live.get(task_id) or done[task_id]
             if (
                 (user_id is None or rec[USER_ID] == user_id)
@@ -312,16 +340,32 @@ class MemoryStore:
                 and (value is None or rec[STATUS] == value)
             ):
                 out.append(snapshot(rec))
-        next_cursor = str(order[out[-1].task_id]) if more and out else None
+        next_cursor = str(self._order[out[-1].task_id]) if more else None
         return Page(out, next_cursor)
 
+    async def counts(self) -> dict[TaskStatus, int]:
+        if self._finished:
+            self._evict(time.time())
+        return {status: len(self._by_status[status.value]) for status in TaskStatus}
+
     async def running_ids_by_item(self, item_id: str) -> list[str]:
+        index = self._by_item.get(item_id)
+        if index is None:
+            return []
+        at = self._at
         live = self._live
-        return [task_id for task_id in self._index.by_item.get(item_id, {}) if task_id in live]
+        departed = index.departed
+        return [
+            task_id
+            for position in index.positions
+            if position not in departed and (task_id := at[position]) in live
+        ]
 
     async def read_output(
         self, task_id: str, after: int = 0, limit: int = 1000
     ) -> list[OutputChunk]:
+        if self._finished:
+            self._evict(time.time())
         stream = self._outputs.get(task_id)
         if not stream:
             return []
@@ -348,10 +392,11 @@ class MemoryStore:
         return list(self._stops.get(instance_id, ()))
 
     async def heartbeat(
-        self, instance_id: str, ttl: float, running: Sequence[Live] | None = None
+        self, instance_id: str, ttl: float, running: Sequence[Row] | None = None
     ) -> bool:
         was_alive = self._alive.get(instance_id, 0.0) > time.monotonic()
         self._alive[instance_id] = time.monotonic() + ttl
+        self._beats[instance_id] = time.time()
         if running:
             self.save_now(WriteBatch(records=[r for r in running if r[STATUS] == V_RUNNING]))
         if self._finished:
@@ -364,7 +409,6 @@ class MemoryStore:
         for instance_id, deadline in list(self._alive.items()):
             if deadline > clock:
                 continue
-            del self._alive[instance_id]
             batch = WriteBatch(now=now)
             # Scanned, not indexed by instance: an instance dies rarely, tasks
             # start and end all the time.
@@ -378,19 +422,44 @@ class MemoryStore:
                 batch.records.append(rec)
                 lost.append(snapshot(rec))
             self.save_now(batch)
-            self._stops.pop(instance_id, None)
+            self._forget(instance_id)
         return lost
 
     async def retire(self, instance_id: str) -> None:
         if any(rec[INSTANCE_ID] == instance_id for rec in self._live.values()):
             self._alive[instance_id] = 0.0  # tasks still running: leave them to the reaper
             return
+        self._forget(instance_id)
+
+    def _forget(self, instance_id: str) -> None:
         self._alive.pop(instance_id, None)
+        self._beats.pop(instance_id, None)
         self._stops.pop(instance_id, None)
+
+    async def instances(self) -> list[InstanceInfo]:
+        clock = time.monotonic()
+        running = Counter(rec[INSTANCE_ID] for rec in self._live.values())
+        return [
+            InstanceInfo(
+                instance_id, deadline > clock, running[instance_id], self._beats.get(instance_id)
+            )
+            for instance_id, deadline in sorted(self._alive.items())
+        ]
+
+
+_EMPTY = _Index()  # the index of a user or item without tasks
+
+
+def _discard(index: dict[str, dict[str, None]], key: str, task_id: str) -> None:
+    ids = index.get(key)
+    if ids is not None:
+        ids.pop(task_id, None)
+        if not ids:
+            del index[key]
 
 
 def _decode_cursor(cursor: object) -> int:
-    """The creation position of the last task of the previous page."""
+    """The position of the last task of the previous page."""
     if not isinstance(cursor, str):
         raise TypeError(f"cursor must be a str, not {type(cursor).__name__}")
     if not cursor.isdigit() or len(cursor) > 20:

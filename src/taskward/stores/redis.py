@@ -17,11 +17,16 @@ three choices:
   error or a failover (`taskward._redis.call_with_retry`).
 
 Retention: a terminal record gets a TTL of `result_ttl` (its output too) and a
-member in the ``finished`` zset, scored by finish time. Every write trims that
-zset: records finished before ``now - result_ttl`` and the oldest beyond
-`max_finished` are deleted with their output and index entries. Reads also
-drop index entries whose record has expired. So memory stays bounded under
-endless load, and listings never SCAN.
+member in the ``finished`` zset, scored by finish time. Every write, every
+listing and count, and every heartbeat trims that zset: records finished
+before ``now - result_ttl`` and the oldest beyond `max_finished` are deleted
+with their output and index entries. So memory stays bounded under endless
+load, listings never SCAN, and while any instance is alive (heartbeating,
+busy or idle) the ids of expired records leave every index within a
+heartbeat, the index keys going with their last member. Index keys carry no
+TTL: the same sorted set may hold a task that runs for days. With no
+instance left, the indexes keep at most `max_finished` finished ids (their
+records expire on their own) until an instance starts again and trims them.
 """
 
 from __future__ import annotations
@@ -54,13 +59,13 @@ from ._redis_codec import (
     encode_record,
     text,
 )
-from .base import Page, Retention, WriteBatch
+from .base import InstanceInfo, Page, Retention, WriteBatch
 from .keys import Keys
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Sequence
 
-    from .._live import Live
+    from .base import Row
 
 __all__ = ["RedisStore"]
 
@@ -93,11 +98,25 @@ class _Script:
 
 _SAVE = _Script(lua.SAVE)
 _QUERY = _Script(lua.QUERY)
+_COUNTS = _Script(lua.COUNTS)
 _RUNNING_BY_ITEM = _Script(lua.RUNNING_BY_ITEM)
 _REQUEST_STOP = _Script(lua.REQUEST_STOP)
+_HEARTBEAT = _Script(lua.HEARTBEAT)
+_INSTANCES = _Script(lua.INSTANCES)
 _REAP = _Script(lua.REAP)
 _RETIRE = _Script(lua.RETIRE)
-_SCRIPTS = (_SAVE, _QUERY, _RUNNING_BY_ITEM, _REQUEST_STOP, _REAP, _RETIRE)
+_SCRIPTS = (
+    _SAVE,
+    _QUERY,
+    _COUNTS,
+    _RUNNING_BY_ITEM,
+    _REQUEST_STOP,
+    _HEARTBEAT,
+    _INSTANCES,
+    _REAP,
+    _RETIRE,
+)
+_STATUSES = tuple(TaskStatus)
 
 
 class RedisStore:
@@ -124,7 +143,12 @@ class RedisStore:
         self.retention = retention if retention is not None else Retention()
         self.retry_budget = retry_budget
         self.reap_budget = REAP_BUDGET
-        self._head_keys = [self.keys.all, self.keys.finished, self.keys.instances]
+        self._head_keys = [
+            self.keys.all,
+            self.keys.finished,
+            self.keys.instances,
+            self.keys.heartbeats,
+        ]
         self._layout = self.keys.script_layout()
 
     def __repr__(self) -> str:
@@ -191,11 +215,17 @@ class RedisStore:
     async def aclose(self) -> None:
         """Nothing to release: the client belongs to whoever created it."""
 
+    def _trim_args(self, now: float | None = None) -> list[str]:
+        """What the scripts' ``trim`` takes: max_finished, cutoff, budget."""
+        ret = self.retention
+        cutoff = (now or time.time()) - ret.result_ttl
+        return [str(ret.max_finished), repr(cutoff), str(TRIM_BUDGET)]
+
     # -- writes --------------------------------------------------------------
 
     def _save_commands(
         self,
-        records: Sequence[Live],
+        records: Sequence[Row],
         outputs: dict[str, list[OutputChunk]],
         now: float,
         notice: str | None = None,
@@ -291,7 +321,14 @@ class RedisStore:
             reply = await self._eval(
                 _QUERY,
                 index_keys,
-                [after_score, after_id, str(limit - len(records)), str(QUERY_BUDGET), *filters],
+                [
+                    *self._trim_args(),
+                    after_score,
+                    after_id,
+                    str(limit - len(records)),
+                    str(QUERY_BUDGET),
+                    *filters,
+                ],
             )
             more, after_score, after_id = int(reply[0]), text(reply[1]), text(reply[2])
             for i in range(3, len(reply), 2):
@@ -302,6 +339,10 @@ class RedisStore:
                 return Page(records, None)
             if len(records) >= limit:
                 return Page(records, encode_cursor(after_score, after_id))
+
+    async def counts(self) -> dict[TaskStatus, int]:
+        reply = await self._eval(_COUNTS, (), [*self._trim_args(), *(s.value for s in _STATUSES)])
+        return dict(zip(_STATUSES, map(int, reply), strict=True))
 
     async def running_ids_by_item(self, item_id: str) -> list[str]:
         keys = (self.keys.item_index(item_id), self.keys.status_index(_RUNNING.value))
@@ -338,21 +379,21 @@ class RedisStore:
         return sorted(text(t) for t in await self._call(operation))
 
     async def heartbeat(
-        self, instance_id: str, ttl: float, running: Sequence[Live] | None = None
+        self, instance_id: str, ttl: float, running: Sequence[Row] | None = None
     ) -> bool:
-        keys = self.keys
-        commands: list[list[Any]] = [
-            # GET (Redis 6.2+): no old value means our liveness had lapsed, or the
-            # server lost its data. (A liveness thread only ever extends the key.)
-            ["SET", keys.alive(instance_id), "1", "PX", max(1, int(ttl * 1000)), "GET"],
-            ["SADD", keys.instances, instance_id],
-        ]
-        if running:
-            alive = [r for r in running if r[STATUS] == V_RUNNING]
-            if alive:
-                commands += self._save_commands(alive, {}, 0.0)
-        replies = await self._pipeline(commands)
-        return replies[0] is not None
+        # No old liveness value means it had lapsed, or the server lost its data.
+        # (A liveness thread only ever extends the key.)
+        now = time.time()
+        beat = self._evalsha_args(
+            _HEARTBEAT,
+            (),
+            [instance_id, str(max(1, int(ttl * 1000))), repr(now), *self._trim_args(now)],
+        )
+        alive = [r for r in running if r[STATUS] == V_RUNNING] if running else []
+        if not alive:
+            return bool(await self._eval_command(beat))
+        replies = await self._pipeline([beat, *self._save_commands(alive, {}, 0.0)])
+        return bool(replies[0])
 
     async def reap(self, now: float) -> list[TaskRecord]:
         ret = self.retention
@@ -383,3 +424,15 @@ class RedisStore:
 
     async def retire(self, instance_id: str) -> None:
         await self._eval(_RETIRE, (), [instance_id])
+
+    async def instances(self) -> list[InstanceInfo]:
+        reply = await self._eval(_INSTANCES, (), ())
+        return [
+            InstanceInfo(
+                text(reply[i]),
+                bool(reply[i + 1]),
+                int(reply[i + 2]),
+                float(text(reply[i + 3])) if reply[i + 3] else None,
+            )
+            for i in range(0, len(reply), 4)
+        ]
