@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import inspect
 import os
 from typing import TYPE_CHECKING, Any
 
@@ -59,8 +60,8 @@ async def test_a_result_that_does_not_encode_fails_its_task_and_the_instance_wri
     assert await other.result(later, timeout=5) == "fine"
     release = asyncio.Event()
     running = await owner.create_task(blocked(release))
-    rec = await other.get_record(running)
-    assert rec is not None and rec.status is TaskStatus.RUNNING
+    seen = await other.get_record(running)
+    assert seen is not None and seen.status is TaskStatus.RUNNING
     assert (await other.stop_task(running)).outcome is StopOutcome.CANCELLED
 
 
@@ -167,4 +168,4 @@ async def test_metadata_that_does_not_encode_is_refused_at_creation(
     coro = value(1)
     with pytest.raises(ValueError, match="metadata"):
         await owner.create_task(coro, metadata={"when": object()})
-    assert coro.cr_frame is None  # closed: nothing half-started
+    assert inspect.getcoroutinestate(coro) == inspect.CORO_CLOSED  # nothing half-started
