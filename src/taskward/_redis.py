@@ -119,8 +119,6 @@ _RETRY = Retry(ExponentialWithJitterBackoff(cap=RETRY_CAP, base=RETRY_BASE), -1,
 # connection, never after a timeout); the long wait through a failover is
 # `call_with_retry`'s, bounded by its budget.
 _CLIENT_RETRIES = 2
-# Set by `connect` itself, from its named arguments.
-_TIMEOUT_OPTIONS = frozenset({"socket_timeout", "socket_connect_timeout"})
 
 _SENTINEL_PORT = 26379
 _REDIS_PORT = 6379
@@ -358,8 +356,8 @@ def connect(
             "redis must be a URL or a redis.asyncio Redis/RedisCluster client, "
             f"not {type(redis).__name__}"
         )
-    if clash := sorted(_TIMEOUT_OPTIONS & set(options)):
-        raise TypeError(f"pass socket_timeout= and connect_timeout=, not {', '.join(clash)}")
+    if "socket_connect_timeout" in options:
+        raise TypeError("pass connect_timeout=, not socket_connect_timeout=")
     socket_timeout = _timeout("socket_timeout", socket_timeout, DEFAULT_SOCKET_TIMEOUT)
     connect_timeout = _timeout("connect_timeout", connect_timeout, DEFAULT_CONNECT_TIMEOUT)
     target = parse_url(redis)
