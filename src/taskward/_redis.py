@@ -367,24 +367,17 @@ def connect(
         "socket_connect_timeout": connect_timeout,
         **options,
     }
-
-    def made(client: Client, sentinel: Sentinel | None = None) -> RedisConnection:
-        return RedisConnection(
-            client,
-            owned=True,
-            sentinel=sentinel,
-            target=target,
-            socket_timeout=socket_timeout,
-            connect_timeout=connect_timeout,
-        )
-
     if target.kind == "standalone":
         client = aioredis.Redis.from_url(target.url, **opts)
         # The URL's own timeouts, if it has any, are the ones in force.
         given = client.connection_pool.connection_kwargs
-        socket_timeout = given.get("socket_timeout", socket_timeout)
-        connect_timeout = given.get("socket_connect_timeout", connect_timeout)
-        return made(client)
+        return RedisConnection(
+            client,
+            owned=True,
+            target=target,
+            socket_timeout=given.get("socket_timeout", socket_timeout),
+            connect_timeout=given.get("socket_connect_timeout", connect_timeout),
+        )
     if target.ssl:
         opts.setdefault("ssl", True)
     if target.kind == "cluster":
@@ -394,7 +387,13 @@ def connect(
             password=target.password,
             **opts,
         )
-        return made(cluster)
+        return RedisConnection(
+            cluster,
+            owned=True,
+            target=target,
+            socket_timeout=socket_timeout,
+            connect_timeout=connect_timeout,
+        )
     sentinel_opts = target.sentinel_options(
         {k: v for k, v in opts.items() if k.startswith(("socket_", "ssl"))}
     )
@@ -407,7 +406,14 @@ def connect(
         password=target.password,
         **opts,
     )
-    return made(master, sentinel)
+    return RedisConnection(
+        master,
+        owned=True,
+        sentinel=sentinel,
+        target=target,
+        socket_timeout=socket_timeout,
+        connect_timeout=connect_timeout,
+    )
 
 
 def _timeout(name: str, value: float | None, default: float) -> float:
