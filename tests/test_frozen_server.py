@@ -23,14 +23,16 @@ from typing import TYPE_CHECKING, Any, Self
 import pytest
 import redis
 import redis.asyncio
+from redis.asyncio.cluster import RedisCluster
 
 from distributed_helpers import eventually, timed
-from helpers import forever
-from servers import HOST, ServerProcess, ping
+from helpers import batch, forever
+from servers import HOST, ClusterProcesses, ServerProcess, ping
 from taskward import (
     StopOutcome,
     StoreUnavailable,
     TaskManager,
+    TaskRecord,
     TaskStatus,
     TaskTimeout,
     emit,
@@ -324,6 +326,33 @@ async def test_a_server_that_accepts_and_never_answers_is_unavailable_within_the
             tm = TaskManager(redis=conn.client, instance_id="hole", shutdown_timeout=0.5)
             await unavailable_within(tm.start(), 2 * SOCKET_TIMEOUT, "TaskManager.start")
             await tm.aclose()
+        finally:
+            await conn.aclose()
+
+
+@pytest.mark.cluster
+@pytest.mark.slow
+async def test_a_frozen_cluster_node_costs_one_timeout_and_is_used_again_after() -> None:
+    with ClusterProcesses() as cluster:  # private: one of its nodes is frozen
+        conn = connect(cluster.url, socket_timeout=SOCKET_TIMEOUT, connect_timeout=CONNECT_TIMEOUT)
+        try:
+            store = RedisStore(conn.client, keys=Keys("twfrozen"))
+            await store.start()
+            await store.save(batch([TaskRecord("t1", user_id="u")], now=time.time()))
+            client = conn.client
+            assert isinstance(client, RedisCluster)
+            owner = client.get_node_from_key(store.keys.all)
+            assert owner is not None
+            node = next(n for n in cluster.nodes if n.port == owner.port)
+            with node.frozen():
+                # One timeout, not one per retry of redis-py's cluster client.
+                bound = 2 * SOCKET_TIMEOUT
+                await unavailable_within(store.get("t1"), bound, "a read from a frozen node")
+                await unavailable_within(
+                    store.get_many(["t1", "t2"]), bound, "a pipeline to a frozen node"
+                )
+            rec = await store.get("t1")
+            assert rec is not None and rec.user_id == "u"
         finally:
             await conn.aclose()
 

@@ -28,7 +28,12 @@ nor by redis-py's client retries: a server silent for that long would most
 likely stay silent for the next attempt too, and every retry would make the
 caller wait one more timeout. The caller gets `StoreUnavailable` (the manager
 queues its writes and reconnects on its own timer). Errors that come fast —
-a refused or reset connection, a failover — are retried as above.
+a refused or reset connection, a failover — are retried as above. (A Cluster
+client retries by error class, timeouts included, so the one `connect` builds
+leaves every retry to `call_with_retry`, which refreshes the slot map on its
+next attempt as redis-py would.) On Sentinel, a master that does not answer
+times out like any server; if no sentinel answers, finding the master fails
+like a failover in progress, and is retried within the budget.
 
 Blocking pub/sub reads (the bus's listener) are exempt from the socket
 timeout: redis-py 8.1+ waits for messages without it, while the reconnect
@@ -57,7 +62,7 @@ try:
     from redis.asyncio.cluster import ClusterNode, RedisCluster
     from redis.asyncio.retry import Retry
     from redis.asyncio.sentinel import Sentinel
-    from redis.backoff import ExponentialWithJitterBackoff
+    from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
 except ImportError as exc:  # pragma: no cover - depends on the installed extras
     raise ImportError(
         "taskward's Redis support needs the redis package: install taskward[redis]"
@@ -236,7 +241,11 @@ def _redact(url: str) -> str:
     return f"{scheme}{sep}{userinfo.split(':', 1)[0]}:***@{hosts}".split("?", 1)[0]
 
 
-def _client_retry() -> Retry:
+def _client_retry(kind: str) -> Retry:
+    if kind == "cluster":
+        # RedisCluster retries ConnectionError, TimeoutError, ClusterDownError and
+        # SlotNotCoveredError alike, whatever the Retry supports: none here.
+        return Retry(NoBackoff(), 0)
     return Retry(
         ExponentialWithJitterBackoff(cap=0.25, base=0.02),
         _CLIENT_RETRIES,
@@ -362,7 +371,7 @@ def connect(
     connect_timeout = _timeout("connect_timeout", connect_timeout, DEFAULT_CONNECT_TIMEOUT)
     target = parse_url(redis)
     opts: dict[str, Any] = {
-        "retry": _client_retry(),
+        "retry": _client_retry(target.kind),
         "socket_timeout": socket_timeout,
         "socket_connect_timeout": connect_timeout,
         **options,
@@ -476,17 +485,18 @@ async def _cluster_reachability() -> AsyncIterator[None]:
 
 
 def _is_outage(exc: rx.RedisClusterException) -> bool:
-    """Whether it is "Redis Cluster cannot be connected" (no node answers).
+    """Whether it is "Redis Cluster cannot be connected" (no node answers), or a
+    slot no node serves yet (the slot map of a failover in progress).
 
-    redis-py raises that as a `RedisClusterException` when it cannot load the
-    slot map; for taskward it is an outage like any other (see `_outage`).
+    redis-py raises those as `RedisClusterException`s; for taskward they are an
+    outage like any other (see `_outage`).
     """
-    return isinstance(exc.__cause__, UNAVAILABLE_ERRORS)
+    return isinstance(exc, rx.SlotNotCoveredError) or isinstance(exc.__cause__, UNAVAILABLE_ERRORS)
 
 
 def _outage(exc: rx.RedisClusterException) -> rx.RedisError:
-    """An unreachable cluster as the error it comes down to: a `TimeoutError` when
-    the nodes were silent (not retried), else a `ConnectionError` (retried)."""
+    """A cluster outage as the error it comes down to: a `TimeoutError` when the
+    nodes were silent (not retried), else a `ConnectionError` (retried)."""
     if isinstance(exc.__cause__, rx.TimeoutError | TimeoutError):
         return rx.TimeoutError(str(exc))
     return rx.ConnectionError(str(exc))
