@@ -31,7 +31,8 @@ queues its writes and reconnects on its own timer). Errors that come fast —
 a refused or reset connection, a failover — are retried as above. (A Cluster
 client retries by error class, timeouts included, so the one `connect` builds
 leaves every retry to `call_with_retry`, which refreshes the slot map on its
-next attempt as redis-py would.) On Sentinel, a master that does not answer
+next attempt as redis-py would; a refresh may ask the silent node as well, so
+an operation there costs at most two timeouts.) On Sentinel, a master that does not answer
 times out like any server; if no sentinel answers, finding the master fails
 like a failover in progress, and is retried within the budget.
 
