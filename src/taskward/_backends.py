@@ -47,7 +47,7 @@ def open_redis(
     bus = RedisBus(connection, keys=keys, secret=secret)
 
     def pulse(instance_id: str, ttl: float, interval: float) -> Pulse | None:
-        connect = sync_client_factory(connection.target or redis, timeout=interval)
+        connect = sync_client_factory(connection, interval)
         if connect is None:
             return None
         key, ttl_ms = keys.alive(instance_id), max(1, int(ttl * 1000))

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from ._redis import RedisTarget
+    from ._redis import RedisConnection
 
 __all__ = ["Pulse", "sync_client_factory"]
 
@@ -69,24 +69,31 @@ class Pulse:
 
 
 def sync_client_factory(
-    redis: RedisTarget | Any, timeout: float
+    connection: RedisConnection, interval: float
 ) -> Callable[[], tuple[Any, Callable[[], None]]] | None:
-    """A maker of synchronous clients for the deployment `redis` names, or None.
+    """A maker of synchronous clients for the deployment `connection` talks to, or None.
 
-    `redis` is the parsed URL `TaskManager(redis=...)` was given (any supported
-    kind), or the asyncio client it was given. For a client, only a plain TCP standalone one
-    can be mirrored (its host, port, database and credentials); for others
-    (Cluster, Sentinel or Unix-socket clients) there is no pulse and the loop
-    heartbeat alone keeps the instance alive.
+    For a connection `connect` made from a URL (any supported kind), the
+    thread's client reaches the same servers with the same credentials. For a
+    client the caller passed in, only a plain TCP standalone one can be
+    mirrored (its host, port, database and credentials); for others (Cluster,
+    Sentinel or Unix-socket clients) there is no pulse and the loop heartbeat
+    alone keeps the instance alive.
+
+    Timeouts: the connection's own (`RedisConnection.socket_timeout` and
+    `connect_timeout`), capped at `interval`: a beat the server has not
+    answered by the next one is abandoned, and the next beat tries again, so
+    a frozen server never holds the thread longer than that.
     """
     import redis as sync_redis
     import redis.asyncio as aioredis
 
-    from ._redis import RedisTarget
-
-    opts: dict[str, Any] = {"socket_timeout": timeout, "socket_connect_timeout": timeout}
-    if isinstance(redis, RedisTarget):
-        target = redis
+    opts: dict[str, Any] = {
+        "socket_timeout": _capped(connection.socket_timeout, interval),
+        "socket_connect_timeout": _capped(connection.connect_timeout, interval),
+    }
+    target = connection.target
+    if target is not None:
         if target.kind == "standalone":
             url = target.url
             return lambda: _closing(sync_redis.Redis.from_url(url, **opts))
@@ -126,14 +133,19 @@ def sync_client_factory(
             return client, close
 
         return master
-    if type(redis) is aioredis.Redis:
-        pool = redis.connection_pool
+    client = connection.client
+    if type(client) is aioredis.Redis:
+        pool = client.connection_pool
         if pool.connection_class is not aioredis.Connection:
             return None
         kw = pool.connection_kwargs
         keep = {k: kw[k] for k in ("host", "port", "db", "username", "password") if k in kw}
         return lambda: _closing(sync_redis.Redis(**keep, **opts))
     return None
+
+
+def _capped(timeout: float | None, interval: float) -> float:
+    return interval if timeout is None else min(timeout, interval)
 
 
 def _closing(client: Any) -> tuple[Any, Callable[[], None]]:

@@ -14,9 +14,33 @@ URLs (``s`` after ``redis`` means TLS):
 Failover. redis-py's own machinery follows the current master (Sentinel
 connection pool) or the slot map (Cluster client); on top of it,
 `call_with_retry` re-runs a whole operation — a pipeline or a Lua script, not
-only a single command — on connection errors, timeouts and READONLY replies,
-with jittered exponential backoff (redis-py's `Retry`) for a bounded total
-time. That is safe because every write taskward sends is idempotent.
+only a single command — on connection errors and READONLY replies, with
+jittered exponential backoff (redis-py's `Retry`) for a bounded total time.
+That is safe because every write taskward sends is idempotent.
+
+Timeouts. Every client `connect` builds has a socket timeout (a command waits
+`socket_timeout` seconds for its reply, 5 s unless told otherwise) and a
+connect timeout (`connect_timeout`, 2 s: TCP and TLS). A server that accepts
+connections but does not answer — stopped (SIGSTOP), swapping, black-holed
+behind a half-open connection — therefore fails a call after one socket
+timeout instead of hanging it. Such a timeout is not retried, neither here
+nor by redis-py's client retries: a server silent for that long would most
+likely stay silent for the next attempt too, and every retry would make the
+caller wait one more timeout. The caller gets `StoreUnavailable` (the manager
+queues its writes and reconnects on its own timer). Errors that come fast —
+a refused or reset connection, a failover — are retried as above. (A Cluster
+client retries by error class, timeouts included, so the one `connect` builds
+leaves every retry to `call_with_retry`, which refreshes the slot map on its
+next attempt as redis-py would; a refresh may ask the silent node as well, so
+an operation there costs at most two timeouts.) On Sentinel, a master that does not answer
+times out like any server; if no sentinel answers, finding the master fails
+like a failover in progress, and is retried within the budget.
+
+Blocking pub/sub reads (the bus's listener) are exempt from the socket
+timeout: redis-py 8.1+ waits for messages without it, while the reconnect
+and resubscribe steps still honour it. A client the caller passes in is used
+as it is: its own timeouts apply (with none, a silent server holds a call
+until the store's retry budget ends).
 """
 
 from __future__ import annotations
@@ -39,16 +63,19 @@ try:
     from redis.asyncio.cluster import ClusterNode, RedisCluster
     from redis.asyncio.retry import Retry
     from redis.asyncio.sentinel import Sentinel
-    from redis.backoff import ExponentialWithJitterBackoff
+    from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
 except ImportError as exc:  # pragma: no cover - depends on the installed extras
     raise ImportError(
         "taskward's Redis support needs the redis package: install taskward[redis]"
     ) from exc
 
+from ._checks import check_positive
 from .errors import StoreUnavailable
 
 __all__ = [
+    "DEFAULT_CONNECT_TIMEOUT",
     "DEFAULT_RETRY_BUDGET",
+    "DEFAULT_SOCKET_TIMEOUT",
     "RETRYABLE_ERRORS",
     "UNAVAILABLE_ERRORS",
     "Client",
@@ -74,23 +101,29 @@ Client = aioredis.Redis | RedisCluster
 
 #: Seconds an operation keeps retrying through an outage or failover before giving up.
 DEFAULT_RETRY_BUDGET = 10.0
+#: Seconds a command waits for the server's reply (clients built by `connect`).
+DEFAULT_SOCKET_TIMEOUT = 5.0
+#: Seconds opening a connection (TCP, and TLS for ``rediss``) may take.
+DEFAULT_CONNECT_TIMEOUT = 2.0
 RETRY_BASE = 0.05
 RETRY_CAP = 1.0
-#: Errors after which the same operation may simply be sent again.
+#: Errors after which the same operation may simply be sent again. Not a
+#: timeout: see "Timeouts" in the module docstring.
 RETRYABLE_ERRORS: tuple[type[rx.RedisError], ...] = (
     rx.ConnectionError,  # includes MasterNotFoundError and BusyLoadingError
-    rx.TimeoutError,
     rx.ReadOnlyError,  # a demoted master, before the client notices the failover
     rx.ClusterDownError,
     rx.TryAgainError,
 )
 #: Errors meaning Redis could not be reached, once retries are spent: callers
-#: answer them with `StoreUnavailable` (see `unavailable`).
-UNAVAILABLE_ERRORS: tuple[type[Exception], ...] = (*RETRYABLE_ERRORS, OSError)
+#: answer them with `StoreUnavailable` (see `unavailable`). `OSError` covers the
+#: built-in `TimeoutError` (which `asyncio.TimeoutError` is) besides socket errors.
+UNAVAILABLE_ERRORS: tuple[type[Exception], ...] = (*RETRYABLE_ERRORS, rx.TimeoutError, OSError)
 # Stateless (redis-py's jittered backoff keeps nothing between calls): built once.
 _RETRY = Retry(ExponentialWithJitterBackoff(cap=RETRY_CAP, base=RETRY_BASE), -1, RETRYABLE_ERRORS)
-# The client we build retries a little itself (quick reconnects); the long wait
-# through a failover is `call_with_retry`'s, bounded by its budget.
+# The client we build retries a little itself (quick reconnects after a dropped
+# connection, never after a timeout); the long wait through a failover is
+# `call_with_retry`'s, bounded by its budget.
 _CLIENT_RETRIES = 2
 
 _SENTINEL_PORT = 26379
@@ -209,8 +242,16 @@ def _redact(url: str) -> str:
     return f"{scheme}{sep}{userinfo.split(':', 1)[0]}:***@{hosts}".split("?", 1)[0]
 
 
-def _client_retry() -> Retry:
-    return Retry(ExponentialWithJitterBackoff(cap=0.25, base=0.02), _CLIENT_RETRIES)
+def _client_retry(kind: str) -> Retry:
+    if kind == "cluster":
+        # RedisCluster retries ConnectionError, TimeoutError, ClusterDownError and
+        # SlotNotCoveredError alike, whatever the Retry supports: none here.
+        return Retry(NoBackoff(), 0)
+    return Retry(
+        ExponentialWithJitterBackoff(cap=0.25, base=0.02),
+        _CLIENT_RETRIES,
+        supported_errors=(rx.ConnectionError,),
+    )
 
 
 class RedisConnection:
@@ -219,7 +260,8 @@ class RedisConnection:
     `client` serves commands (the store, and publishing for the bus);
     `open_pubsub()` gives the bus its one subscribing connection. A client
     passed in by the caller is theirs: `aclose()` closes only what `connect`
-    created.
+    created. `socket_timeout` and `connect_timeout` are the timeouts `connect`
+    gave the clients it built (None for a caller's client, whose own apply).
     """
 
     def __init__(
@@ -229,9 +271,13 @@ class RedisConnection:
         owned: bool,
         sentinel: Sentinel | None = None,
         target: RedisTarget | None = None,
+        socket_timeout: float | None = None,
+        connect_timeout: float | None = None,
     ) -> None:
         self.client = client
         self.target = target
+        self.socket_timeout = socket_timeout
+        self.connect_timeout = connect_timeout
         self._owned = owned
         self._sentinel = sentinel
         self._closed = False
@@ -286,28 +332,61 @@ class RedisConnection:
                 await sentinel_client.aclose()
 
 
-def connect(redis: str | Client, **options: Any) -> RedisConnection:
+def connect(
+    redis: str | Client,
+    *,
+    socket_timeout: float | None = None,
+    connect_timeout: float | None = None,
+    **options: Any,
+) -> RedisConnection:
     """A `RedisConnection` for a URL (see the module docstring) or an existing client.
 
-    `options` go to the redis-py client taskward builds for a URL (for example
-    ``socket_timeout``, ``ssl_ca_certs``, ``max_connections``); they are
-    refused with a client, which is used as it is and never closed here.
-    No I/O happens until the first command.
+    For a URL, `socket_timeout` (default `DEFAULT_SOCKET_TIMEOUT`) is how long a
+    command waits for its reply and `connect_timeout` (default
+    `DEFAULT_CONNECT_TIMEOUT`) how long opening a connection may take; both
+    apply to every client built here: the standalone client, the Sentinel
+    master's and the sentinels' own, every Cluster node's, and the liveness
+    thread's (`taskward._pulse`). A timed-out call raises `StoreUnavailable`
+    from the store (see "Timeouts" in the module docstring). For a
+    ``redis://`` URL, timeouts in its query string win, as redis-py reads them.
+
+    Other `options` go to the redis-py client taskward builds (for example
+    ``ssl_ca_certs``, ``max_connections``). Timeouts and options are refused
+    with a client, which is used as it is (never reconfigured, never closed
+    here). No I/O happens until the first command.
     """
     if isinstance(redis, aioredis.Redis | RedisCluster):
-        if options:
-            raise TypeError("options only apply when connecting from a URL, not to a client")
+        if options or socket_timeout is not None or connect_timeout is not None:
+            raise TypeError(
+                "timeouts and options only apply when connecting from a URL, not to a client"
+            )
         return RedisConnection(redis, owned=False)
     if not isinstance(redis, str):
         raise TypeError(
             "redis must be a URL or a redis.asyncio Redis/RedisCluster client, "
             f"not {type(redis).__name__}"
         )
+    if "socket_connect_timeout" in options:
+        raise TypeError("pass connect_timeout=, not socket_connect_timeout=")
+    socket_timeout = _timeout("socket_timeout", socket_timeout, DEFAULT_SOCKET_TIMEOUT)
+    connect_timeout = _timeout("connect_timeout", connect_timeout, DEFAULT_CONNECT_TIMEOUT)
     target = parse_url(redis)
-    opts: dict[str, Any] = {"retry": _client_retry(), **options}
+    opts: dict[str, Any] = {
+        "retry": _client_retry(target.kind),
+        "socket_timeout": socket_timeout,
+        "socket_connect_timeout": connect_timeout,
+        **options,
+    }
     if target.kind == "standalone":
+        client = aioredis.Redis.from_url(target.url, **opts)
+        # The URL's own timeouts, if it has any, are the ones in force.
+        given = client.connection_pool.connection_kwargs
         return RedisConnection(
-            aioredis.Redis.from_url(target.url, **opts), owned=True, target=target
+            client,
+            owned=True,
+            target=target,
+            socket_timeout=given.get("socket_timeout", socket_timeout),
+            connect_timeout=given.get("socket_connect_timeout", connect_timeout),
         )
     if target.ssl:
         opts.setdefault("ssl", True)
@@ -318,7 +397,13 @@ def connect(redis: str | Client, **options: Any) -> RedisConnection:
             password=target.password,
             **opts,
         )
-        return RedisConnection(cluster, owned=True, target=target)
+        return RedisConnection(
+            cluster,
+            owned=True,
+            target=target,
+            socket_timeout=socket_timeout,
+            connect_timeout=connect_timeout,
+        )
     sentinel_opts = target.sentinel_options(
         {k: v for k, v in opts.items() if k.startswith(("socket_", "ssl"))}
     )
@@ -331,7 +416,21 @@ def connect(redis: str | Client, **options: Any) -> RedisConnection:
         password=target.password,
         **opts,
     )
-    return RedisConnection(master, owned=True, sentinel=sentinel, target=target)
+    return RedisConnection(
+        master,
+        owned=True,
+        sentinel=sentinel,
+        target=target,
+        socket_timeout=socket_timeout,
+        connect_timeout=connect_timeout,
+    )
+
+
+def _timeout(name: str, value: float | None, default: float) -> float:
+    if value is None:
+        return default
+    check_positive(name, value)
+    return float(value)
 
 
 async def call_with_retry(
@@ -340,9 +439,11 @@ async def call_with_retry(
     """Await `operation()`, calling it again after a retryable error, for at most `budget` s.
 
     Backoff is redis-py's jittered exponential one. When the budget runs out
-    the last retryable error is raised (a redis-py `ConnectionError` or
-    `TimeoutError`), so callers map one family of errors. The operation must be
-    safe to repeat: a failure may come after the server applied it.
+    the last retryable error is raised (a redis-py `ConnectionError`, or a
+    `TimeoutError` if nothing answered at all), so callers map one family of
+    errors (`UNAVAILABLE_ERRORS`). A timeout ends the retries at once (see
+    "Timeouts" in the module docstring). The operation must be safe to repeat:
+    a failure may come after the server applied it.
     """
     errors: list[Exception] = []
 
@@ -357,7 +458,7 @@ async def call_with_retry(
             return await operation()
         except rx.RedisClusterException as exc:  # inline: this runs for every store call
             if _is_outage(exc):
-                raise rx.ConnectionError(str(exc)) from exc
+                raise _outage(exc) from exc
             raise
 
     scope = asyncio.timeout(budget)
@@ -380,17 +481,26 @@ async def _cluster_reachability() -> AsyncIterator[None]:
         yield
     except rx.RedisClusterException as exc:
         if _is_outage(exc):
-            raise rx.ConnectionError(str(exc)) from exc
+            raise _outage(exc) from exc
         raise
 
 
 def _is_outage(exc: rx.RedisClusterException) -> bool:
-    """Whether it is "Redis Cluster cannot be connected" (no node answers).
+    """Whether it is "Redis Cluster cannot be connected" (no node answers), or a
+    slot no node serves yet (the slot map of a failover in progress).
 
-    redis-py raises that as a bare `RedisClusterException` when it cannot load
-    the slot map; for taskward it is an outage like any other (a ConnectionError).
+    redis-py raises those as `RedisClusterException`s; for taskward they are an
+    outage like any other (see `_outage`).
     """
-    return isinstance(exc.__cause__, UNAVAILABLE_ERRORS)
+    return isinstance(exc, rx.SlotNotCoveredError) or isinstance(exc.__cause__, UNAVAILABLE_ERRORS)
+
+
+def _outage(exc: rx.RedisClusterException) -> rx.RedisError:
+    """A cluster outage as the error it comes down to: a `TimeoutError` when the
+    nodes were silent (not retried), else a `ConnectionError` (retried)."""
+    if isinstance(exc.__cause__, rx.TimeoutError | TimeoutError):
+        return rx.TimeoutError(str(exc))
+    return rx.ConnectionError(str(exc))
 
 
 def unavailable(exc: BaseException) -> StoreUnavailable:

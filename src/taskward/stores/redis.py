@@ -125,7 +125,9 @@ class RedisStore:
     `client` is a ``redis.asyncio.Redis`` or ``RedisCluster`` (see
     `taskward._redis.connect`); the store does not own it, so `aclose()` leaves
     it open for whoever made it. `retry_budget` is how long one operation keeps
-    retrying through an outage or failover before `StoreUnavailable`.
+    retrying through an outage or failover before `StoreUnavailable`; a server
+    that does not answer within the client's socket timeout fails the operation
+    at once (see "Timeouts" in `taskward._redis`).
     """
 
     def __init__(
