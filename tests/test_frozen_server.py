@@ -72,33 +72,32 @@ CATCH_UP = 15.0
 async def make_instance(private_redis: ServerProcess) -> AsyncIterator[Callable[..., Any]]:
     """``await make_instance(instance_id, **options)``: a started manager on `private_redis`.
 
-    Each runs on a client of its own built by `connect` with `SOCKET_TIMEOUT` and
-    `CONNECT_TIMEOUT` (the manager uses a client it is given as it is). After the
-    test the server is thawed, then the managers and their clients are closed.
+    Each opens its own connections with `SOCKET_TIMEOUT` and `CONNECT_TIMEOUT`.
+    After the test the server is thawed, then the managers are closed.
     """
-    made: list[tuple[TaskManager, RedisConnection]] = []
+    made: list[TaskManager] = []
     prefix = "twfrozen"
 
     async def make(instance_id: str, **options: Any) -> TaskManager:
-        conn = connect(
-            private_redis.url, socket_timeout=SOCKET_TIMEOUT, connect_timeout=CONNECT_TIMEOUT
-        )
         settings: dict[str, Any] = {
             "stop_timeout": STOP_TIMEOUT,
             "shutdown_grace": 0.0,
             "shutdown_timeout": 1.0,
+            "socket_timeout": SOCKET_TIMEOUT,
+            "connect_timeout": CONNECT_TIMEOUT,
             **options,
         }
-        tm = TaskManager(redis=conn.client, prefix=prefix, instance_id=instance_id, **settings)
-        made.append((tm, conn))
+        tm = TaskManager(
+            redis=private_redis.url, prefix=prefix, instance_id=instance_id, **settings
+        )
+        made.append(tm)
         await tm.start()
         return tm
 
     yield make
     private_redis.thaw()
-    for tm, conn in reversed(made):
+    for tm in reversed(made):
         await tm.aclose()
-        await conn.aclose()
 
 
 async def unavailable_within(awaitable: Awaitable[Any], bound: float, what: str) -> None:
@@ -463,18 +462,10 @@ async def test_after_a_freeze_everything_done_meanwhile_is_written_and_nothing_i
     assert result.outcome is StopOutcome.CANCELLED, result
 
 
-# -- what waits for the manager's side ------------------------------------------------------------
-#
-# The tests below describe how the manager must answer while the store is
-# silent; each names the change it needs in its xfail reason.
+# -- how the manager answers while the store is silent ------------------------------------------
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="_stopping.stop_task: bound request_stop by stop_timeout, answer PENDING when the "
-    "store is unavailable, and keep the request for the housekeeper to write on reconnect",
-)
 async def test_a_stop_of_a_task_on_the_other_instance_answers_pending(
     private_redis: ServerProcess, make_instance: Callable[..., Awaitable[TaskManager]]
 ) -> None:
@@ -496,11 +487,6 @@ async def test_a_stop_of_a_task_on_the_other_instance_answers_pending(
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="_stopping.stop_item_tasks: sync the flusher with SYNC_TIMEOUT and, when the store "
-    "query fails, stop the item's local tasks and keep the item's stop for reconnect",
-)
 async def test_stop_item_tasks_answers_while_the_server_is_frozen(
     private_redis: ServerProcess, make_instance: Callable[..., Awaitable[TaskManager]]
 ) -> None:
@@ -526,11 +512,6 @@ async def test_stop_item_tasks_answers_while_the_server_is_frozen(
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="TaskManager._terminal: look the task up inside the asyncio.timeout(timeout) scope "
-    "so a silent store ends the wait with TaskTimeout at its timeout",
-)
 async def test_a_wait_with_a_timeout_keeps_its_timeout(
     private_redis: ServerProcess, make_instance: Callable[..., Awaitable[TaskManager]]
 ) -> None:
@@ -549,11 +530,6 @@ async def test_a_wait_with_a_timeout_keeps_its_timeout(
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="TaskManager._wait_terminal: a poll of the store that raises StoreUnavailable must "
-    "not end the wait; keep waiting (event or next poll) until the wait's own timeout",
-)
 async def test_a_wait_rides_out_a_freeze(
     private_redis: ServerProcess, make_instance: Callable[..., Awaitable[TaskManager]]
 ) -> None:
@@ -574,12 +550,6 @@ async def test_a_wait_rides_out_a_freeze(
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="manager: a StoreUnavailable from a store call (reads included) must mark the store "
-    "down (_set_disconnected), and Flusher.sync must not wait again on a flush that already "
-    "outlived a sync timeout",
-)
 async def test_creating_tasks_does_not_wait_for_a_store_known_to_be_down(
     private_redis: ServerProcess, make_instance: Callable[..., Awaitable[TaskManager]]
 ) -> None:

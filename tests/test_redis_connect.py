@@ -131,7 +131,7 @@ async def test_connect_from_a_url_owns_its_client(redis_url: str) -> None:
     assert "standalone" in repr(conn)
     assert await conn.client.ping()
     pubsub = await conn.open_pubsub()
-    await pubsub.aclose()  # type: ignore[no-untyped-call]
+    await pubsub.aclose()  # type: ignore[no-untyped-call, unused-ignore]
     await conn.aclose()
     await conn.aclose()
 

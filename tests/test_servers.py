@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
 def sentinel_manager(addresses: list[tuple[str, int]]) -> Sentinel:
     """A redis.asyncio Sentinel client (its constructor is untyped)."""
-    return Sentinel(addresses, socket_timeout=1)  # type: ignore[no-untyped-call]
+    return Sentinel(addresses, socket_timeout=1)  # type: ignore[no-untyped-call, unused-ignore]
 
 
 def test_find_free_port_is_bindable() -> None:

@@ -29,11 +29,19 @@ class RedisBackend(Backend):
 
 
 def open_redis(
-    redis: Any, *, prefix: str, retention: Retention, secret: str | bytes | None
+    redis: Any,
+    *,
+    prefix: str,
+    retention: Retention,
+    secret: str | bytes | None,
+    socket_timeout: float | None = None,
+    connect_timeout: float | None = None,
 ) -> RedisBackend:
     """The Redis store, bus and connection for a URL or a ``redis.asyncio`` client.
 
-    Importing redis happens here, so the in-process default never needs it.
+    Importing redis happens here, so the in-process default never needs it. The
+    timeouts (None: `taskward._redis`'s defaults) apply to clients built from a
+    URL; a client passed in keeps its own.
     """
     from ._pulse import Pulse, sync_client_factory
     from ._redis import connect
@@ -42,7 +50,7 @@ def open_redis(
     from .stores.redis import RedisStore
 
     keys = Keys(prefix)
-    connection = connect(redis)
+    connection = connect(redis, socket_timeout=socket_timeout, connect_timeout=connect_timeout)
     store = RedisStore(connection.client, keys=keys, retention=retention)
     bus = RedisBus(connection, keys=keys, secret=secret)
 

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from ._live import Live
     from ._sync import Flusher
     from ._table import LocalTable
+    from .bus.base import Bus
     from .stores.base import Store
 
 __all__ = ["RECONNECT_INTERVAL", "Housekeeper"]
@@ -49,6 +50,7 @@ class Housekeeper:
         instance_id: str,
         table: LocalTable,
         store: Store,
+        bus: Bus,
         flusher: Flusher,
         hub: EventHub,
         has_peers: Callable[[], bool],
@@ -59,6 +61,7 @@ class Housekeeper:
         self._instance_id = instance_id
         self._table = table
         self._store = store
+        self._bus = bus
         self._flusher = flusher
         self._hub = hub
         self._has_peers = has_peers
@@ -69,6 +72,17 @@ class Housekeeper:
         # A heartbeat slower than this, or a longer gap between two, is a hiccup (see tick).
         self._beat_slow = max(heartbeat_interval, liveness_ttl / 2)
         self._beat_gap = heartbeat_interval + (liveness_ttl - heartbeat_interval) / 2
+        # Stops asked while the store did not answer, as (task or item id, when, user).
+        self._stops: list[tuple[str, float, str | None]] = []
+        self._item_stops: list[tuple[str, float, str | None]] = []
+
+    def queue_stop(self, task_id: str, at: float, user_id: str | None) -> None:
+        """A stop the store could not take: written at the next tick that reaches it."""
+        self._stops.append((task_id, at, user_id))
+
+    def queue_item_stop(self, item_id: str, at: float, user_id: str | None) -> None:
+        """An item stop the store could not take: its tasks created by `at` are stopped later."""
+        self._item_stops.append((item_id, at, user_id))
 
     def started(self) -> None:
         """The instance has just connected and sent its first heartbeat."""
@@ -108,9 +122,30 @@ class Housekeeper:
             # their heartbeats too, so give them a full TTL before reaping anyone.
             self._connected_since = beat
         self._last_beat = beat
+        if self._stops or self._item_stops:
+            await self._replay_stops()
         await self.reconcile_stops()
         if beat - self._connected_since > self._ttl:
             await self._reap()
+
+    async def _replay_stops(self) -> None:
+        """Write the stops queued while the store did not answer (in memory only)."""
+        store = self._store
+        while self._item_stops:
+            item_id, at, user_id = self._item_stops[0]
+            page = await store.query(
+                item_id=item_id, user_id=user_id, status=TaskStatus.RUNNING, limit=10_000
+            )
+            self._stops += [
+                (rec.task_id, at, user_id) for rec in page.records if rec.created_at <= at
+            ]
+            self._item_stops.pop(0)
+        while self._stops:
+            task_id, at, user_id = self._stops[0]
+            rec = await store.request_stop(task_id, at, user_id)
+            if rec is not None and rec.status is TaskStatus.RUNNING:
+                await self._bus.send_command(rec.instance_id, {"op": "stop", "task_id": task_id})
+            self._stops.pop(0)
 
     async def _presumed_dead(self) -> None:
         """Our liveness had expired (a stall longer than `liveness_ttl`).

@@ -100,7 +100,7 @@ def sync_client_factory(
         if target.kind == "cluster":
             from redis.cluster import ClusterNode, RedisCluster
 
-            nodes = [ClusterNode(h, p) for h, p in target.hosts]  # type: ignore[no-untyped-call]
+            nodes = [ClusterNode(h, p) for h, p in target.hosts]  # type: ignore[no-untyped-call, unused-ignore]
             return lambda: _closing(
                 RedisCluster(
                     startup_nodes=nodes,
@@ -115,8 +115,8 @@ def sync_client_factory(
         sentinel_opts = target.sentinel_options(opts)
 
         def master() -> tuple[Any, Callable[[], None]]:
-            sentinel = Sentinel(list(target.hosts), sentinel_kwargs=sentinel_opts)  # type: ignore[no-untyped-call]
-            client = sentinel.master_for(  # type: ignore[no-untyped-call]
+            sentinel = Sentinel(list(target.hosts), sentinel_kwargs=sentinel_opts)  # type: ignore[no-untyped-call, unused-ignore]
+            client = sentinel.master_for(  # type: ignore[no-untyped-call, unused-ignore]
                 target.master,
                 db=target.db,
                 username=target.username,

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from ._ids import check_id
 from ._live import RESULT, STATUS, USER_ID, V_COMPLETED, V_RUNNING, outcome
 from ._records import TaskStatus
-from .errors import TaskFailed, TaskNotFound, TaskTimeout
+from .errors import StoreUnavailable, TaskFailed, TaskNotFound, TaskTimeout
 from .stores.base import InProcessStore
 
 if TYPE_CHECKING:
@@ -45,11 +45,13 @@ class Reader:
         store: Store,
         hub: EventHub,
         ready: Callable[[], Awaitable[None]],
+        unavailable: Callable[[BaseException], None],
     ) -> None:
         self._table = table
         self._store = store
         self._hub = hub
         self._ready = ready
+        self._unavailable = unavailable
         self._in_process: InProcessStore | None = (
             store if isinstance(store, InProcessStore) else None
         )
@@ -70,7 +72,11 @@ class Reader:
         """The task's record, fresh (local or from the store); None if not visible."""
         rec = self.peek(task_id, None)
         if rec is None and self._in_process is None:
-            rec = await self._store.get(task_id)
+            try:
+                rec = await self._store.get(task_id)
+            except StoreUnavailable as exc:
+                self._unavailable(exc)  # creations stop waiting for the store
+                raise
         if rec is None or (user_id is not None and rec.user_id != user_id):
             return None
         return rec
@@ -118,18 +124,21 @@ class Reader:
     async def _terminal(
         self, task_id: str, timeout: float | None, user_id: str | None
     ) -> TaskRecord:
-        """The task's terminal record, after waiting for it."""
+        """The task's terminal record, after waiting for it (the first read included)."""
         rec = self.peek(task_id, user_id)
         if rec is None:
             check_id(task_id, "task_id")
             await self._ready()
-            rec = await self.lookup(task_id, user_id)
-            if rec is None:
-                raise TaskNotFound(task_id)
-        if rec.status is not TaskStatus.RUNNING:
+        elif rec.status is not TaskStatus.RUNNING:
             return rec
         try:
             async with asyncio.timeout(timeout):
+                if rec is None:
+                    rec = await self.lookup(task_id, user_id)
+                    if rec is None:
+                        raise TaskNotFound(task_id)
+                    if rec.status is not TaskStatus.RUNNING:
+                        return rec
                 return await self._wait_terminal(task_id)
         except TimeoutError:
             raise TaskTimeout(task_id, timeout or 0.0) from None
@@ -150,11 +159,15 @@ class Reader:
                 return rec
             fut = self._hub.wait_remote(task_id)
             try:
-                rec = await self._store.get(task_id)
-                if rec is None:
-                    raise TaskNotFound(task_id)
-                if rec.status is not TaskStatus.RUNNING:
-                    return rec
+                try:
+                    rec = await self._store.get(task_id)
+                except StoreUnavailable:
+                    rec = None  # known running: wait on, for its event or the next read
+                else:
+                    if rec is None:
+                        raise TaskNotFound(task_id)
+                    if rec.status is not TaskStatus.RUNNING:
+                        return rec
                 await asyncio.wait((fut,), timeout=WAIT_POLL)
             finally:
                 self._hub.unwait(task_id, fut)

@@ -407,7 +407,7 @@ def connect(
     sentinel_opts = target.sentinel_options(
         {k: v for k, v in opts.items() if k.startswith(("socket_", "ssl"))}
     )
-    sentinel = Sentinel(list(target.hosts), sentinel_kwargs=sentinel_opts)  # type: ignore[no-untyped-call]
+    sentinel = Sentinel(list(target.hosts), sentinel_kwargs=sentinel_opts)  # type: ignore[no-untyped-call, unused-ignore]
     master = sentinel.master_for(
         target.master,
         redis_class=aioredis.Redis,

@@ -22,8 +22,9 @@ from ._table import Fence
 from .errors import StoreUnavailable
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Coroutine
+    from collections.abc import Coroutine
 
+    from ._housekeeping import Housekeeper
     from ._hub import EventHub
     from ._reads import Reader
     from ._records import TaskRecord
@@ -42,7 +43,12 @@ STOP_POLL = 0.5
 
 
 class Stopper:
-    """The stops of one manager. `connected()` says whether the store answers now."""
+    """The stops of one manager.
+
+    A stop the store cannot take now (it does not answer within `stop_timeout`)
+    answers `pending` and is queued on the housekeeper, which writes it once the
+    store answers again: the request stays, as promised.
+    """
 
     def __init__(
         self,
@@ -53,9 +59,9 @@ class Stopper:
         bus: Bus,
         hub: EventHub,
         flusher: Flusher,
+        keeper: Housekeeper,
         stop_timeout: float,
         remote_store: bool,
-        connected: Callable[[], bool],
     ) -> None:
         self._table = table
         self._reader = reader
@@ -65,7 +71,7 @@ class Stopper:
         self._flusher = flusher
         self._stop_timeout = stop_timeout
         self._remote_store = remote_store
-        self._connected = connected
+        self._keeper = keeper
         self._chores: set[asyncio.Task[Any]] = set()  # best-effort store calls in flight
 
     async def stop_task(self, task_id: str, user_id: str | None) -> StopResult:
@@ -80,7 +86,14 @@ class Stopper:
         # Listen for the finish before asking, so the wake-up cannot slip by.
         fut = self._hub.wait_remote(task_id)
         try:
-            requested = await self._store.request_stop(task_id, time.time(), user_id)
+            at = time.time()
+            try:
+                async with asyncio.timeout(self._stop_timeout):
+                    requested = await self._store.request_stop(task_id, at, user_id)
+            except (StoreUnavailable, TimeoutError) as exc:
+                self._keeper.set_disconnected(exc)
+                self._keeper.queue_stop(task_id, at, user_id)
+                return _pending(task_id, "the store does not answer; the request stays")
             if requested is None:
                 return StopResult(task_id, StopOutcome.NOT_FOUND)
             if requested.status is not TaskStatus.RUNNING:
@@ -93,7 +106,7 @@ class Stopper:
     async def _stop_here(self, task_id: str, row: tuple[Any, ...]) -> StopResult:
         table = self._table
         requested_at = table.request_stop(row)
-        if self._remote_store and self._connected():
+        if self._remote_store and self._keeper.connected:
             # Leave the same durable trace as a stop from elsewhere, in the
             # background: a stop here must work while the store is away.
             self._background(self._store.request_stop(task_id, requested_at))
@@ -112,7 +125,10 @@ class Stopper:
         try:
             while (remaining := deadline - time.monotonic()) > 0:
                 await asyncio.wait((fut,), timeout=min(STOP_POLL, remaining))
-                rec = await self._store.get(task_id)
+                try:
+                    rec = await self._store.get(task_id)
+                except StoreUnavailable:
+                    continue  # a freeze: read again, until the deadline
                 if rec is None or rec.status is not TaskStatus.RUNNING:
                     return stop_outcome(task_id, rec)
                 if fut.done():  # woken, yet the task runs: an early or forged event
@@ -132,21 +148,35 @@ class Stopper:
         results = fence.results
         try:
             deadline = time.monotonic() + self._stop_timeout * 2
+            at = time.time()
             while True:  # rounds: other instances may add tasks while we stop these
-                await self._flusher.sync()
-                page = await self._store.query(
-                    item_id=item_id, user_id=user_id, status=TaskStatus.RUNNING, limit=10_000
-                )
+                await self._flusher.sync(SYNC_TIMEOUT)
+                try:
+                    page = await self._store.query(
+                        item_id=item_id, user_id=user_id, status=TaskStatus.RUNNING, limit=10_000
+                    )
+                except StoreUnavailable as exc:
+                    # Stop what runs here now; the rest once the store answers again.
+                    self._keeper.set_disconnected(exc)
+                    self._keeper.queue_item_stop(item_id, at, user_id)
+                    ids = [i for i in self._table.running_ids(item_id, user_id) if i not in results]
+                    await self._stop_each(ids, user_id, results)
+                    break
                 ids = [rec.task_id for rec in page.records if rec.task_id not in results]
                 if not ids or time.monotonic() > deadline:
                     break
-                for result in await asyncio.gather(*(self.stop_task(i, user_id) for i in ids)):
-                    results[result.task_id] = result
+                await self._stop_each(ids, user_id, results)
         finally:
             fences[item_id].remove(fence)
             if not fences[item_id]:
                 del fences[item_id]
         return list(results.values())
+
+    async def _stop_each(
+        self, ids: list[str], user_id: str | None, results: dict[str, StopResult]
+    ) -> None:
+        for result in await asyncio.gather(*(self.stop_task(i, user_id) for i in ids)):
+            results[result.task_id] = result
 
     def on_command(self, command: dict[str, Any]) -> None:
         """A command from the bus (a wake-up: the stop request is in the store already)."""

@@ -88,6 +88,7 @@ class Flusher:
         self._kicked = False
         self._waiter: asyncio.Future[None] | None = None
         self._flushing = False
+        self._stalled = False  # a sync gave up on the flush in flight
         self._task: asyncio.Task[None] | None = None
 
     def bind(
@@ -151,8 +152,8 @@ class Flusher:
         """
         if not (self._dirty or self._outputs or self._flushing) or not self._online.is_set():
             return
-        if self._task is None or self._task.done():
-            return
+        if self._stalled or self._task is None or self._task.done():
+            return  # a write already too slow (a frozen server) is not waited for again
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
         self._sync_waiters.append(fut)
@@ -161,11 +162,16 @@ class Flusher:
             await fut
             return
         # Lighter than `asyncio.wait`, and this runs for every creation on a shared store.
-        timer = loop.call_later(timeout, wake_all, [fut])
+        timer = loop.call_later(timeout, self._give_up, fut)
         try:
             await fut
         finally:
             timer.cancel()
+
+    def _give_up(self, fut: asyncio.Future[None]) -> None:
+        if self._flushing:
+            self._stalled = True
+        wake_all([fut])
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -201,7 +207,7 @@ class Flusher:
         except Exception:
             logger.exception("a flush failed unexpectedly (tasks %s); going on", _ids(records))
         finally:
-            self._flushing = False
+            self._flushing = self._stalled = False
             wake_all(waiters)
 
     async def _write(

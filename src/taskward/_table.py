@@ -347,6 +347,16 @@ class LocalTable:
     def running_rows(self) -> list[Live]:
         return [row for row in self.rows.values() if row[STATUS] == V_RUNNING]
 
+    def running_ids(self, item_id: str, user_id: str | None) -> list[str]:
+        """Ids of the item's tasks running here (the user's only, if given)."""
+        return [
+            row[TASK_ID]
+            for row in self.rows.values()
+            if row[ITEM_ID] == item_id
+            and row[STATUS] == V_RUNNING
+            and (user_id is None or row[USER_ID] == user_id)
+        ]
+
     def started_rows(self) -> list[Live]:
         """Rows of the tasks whose asyncio task has not ended."""
         rows = self.rows

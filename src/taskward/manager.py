@@ -47,7 +47,7 @@ if TYPE_CHECKING:
     from ._records import OutputChunk, StopResult, TaskRecord
     from .bus.base import Bus
     from .stores import Backend
-    from .stores.base import Retention, Store
+    from .stores.base import Store
 
 __all__ = ["TaskManager"]
 
@@ -59,27 +59,24 @@ CLOSE_REASON = "manager closed"
 
 
 def _backend(
-    redis: Any,
-    store: Store | str | None,
-    bus: Bus | None,
-    *,
-    prefix: str,
-    retention: Retention,
-    secret: str | bytes | None,
+    redis: Any, store: Store | str | None, bus: Bus | None, **options: Any
 ) -> Backend | None:
-    """The backend `TaskManager(redis=..., store="url")` asks for, or None for objects given."""
+    """The backend `TaskManager(redis=..., store="url")` asks for, or None for objects given.
+
+    `options`: prefix, retention, secret and the timeouts, for `open_store`.
+    """
     if redis is not None and (store is not None or bus is not None):
         raise ValueError("pass either redis or store/bus, not both")
     if isinstance(store, str):
         if bus is not None:
             raise ValueError("a store URL brings its own bus; pass no bus with it")
-        return open_store(store, prefix=prefix, retention=retention, secret=secret)
+        return open_store(store, **options)
     if isinstance(redis, str):
-        return open_store(redis, prefix=prefix, retention=retention, secret=secret)
+        return open_store(redis, **options)
     if redis is not None:
         from ._backends import open_redis  # a client: redis is installed
 
-        return open_redis(redis, prefix=prefix, retention=retention, secret=secret)
+        return open_redis(redis, **options)
     return None
 
 
@@ -112,6 +109,10 @@ class TaskManager:
     What a task hands over (result, error message, metadata, progress message,
     output) is encoded once, here, by one rule (see the README): `encoder` is a
     hook for an application's own types, `max_value_size` the limit in bytes.
+
+    `socket_timeout` and `connect_timeout` bound every Redis command and
+    connection (None: 5 s and 2 s); a silent server then answers reads with
+    `StoreUnavailable` and stops with `pending` instead of hanging.
     """
 
     def __init__(
@@ -135,6 +136,8 @@ class TaskManager:
         max_backlog: int = 100_000,
         encoder: EncoderHook | None = None,
         max_value_size: int = DEFAULT_MAX_VALUE_SIZE,
+        socket_timeout: float | None = None,
+        connect_timeout: float | None = None,
     ) -> None:
         check_timings(
             timeout,
@@ -164,7 +167,16 @@ class TaskManager:
         # Nobody but this manager can ever hear of its tasks (its own store and bus
         # in memory): the hot path skips events and store syncs.
         alone = (store is None or store == "memory://") and bus is None and redis is None
-        backend = _backend(redis, store, bus, prefix=prefix, retention=retention, secret=secret)
+        backend = _backend(
+            redis,
+            store,
+            bus,
+            prefix=prefix,
+            retention=retention,
+            secret=secret,
+            socket_timeout=socket_timeout,
+            connect_timeout=connect_timeout,
+        )
         encode_events = None
         if backend is not None:
             self._store, self._bus = backend.store, backend.bus
@@ -205,13 +217,20 @@ class TaskManager:
             instance_id=self.instance_id,
             table=table,
             store=self._store,
+            bus=self._bus,
             flusher=flusher,
             hub=hub,
             has_peers=self._bus.has_peers,
             heartbeat_interval=self.heartbeat_interval,
             liveness_ttl=self.liveness_ttl,
         )
-        self._reader = Reader(table=table, store=self._store, hub=hub, ready=self._ensure_started)
+        self._reader = Reader(
+            table=table,
+            store=self._store,
+            hub=hub,
+            ready=self._ensure_started,
+            unavailable=keeper.set_disconnected,
+        )
         self._stopper = stopper = Stopper(
             table=table,
             reader=self._reader,
@@ -219,9 +238,9 @@ class TaskManager:
             bus=self._bus,
             hub=hub,
             flusher=flusher,
+            keeper=keeper,
             stop_timeout=self.stop_timeout,
             remote_store=not in_process,
-            connected=lambda: keeper.connected,
         )
         flusher.bind(
             written=table.forget, unavailable=keeper.set_disconnected, unwritable=table.unwritable

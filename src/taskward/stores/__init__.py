@@ -79,13 +79,16 @@ def open_store(
     prefix: str = DEFAULT_PREFIX,
     retention: Retention | None = None,
     secret: str | bytes | None = None,
+    socket_timeout: float | None = None,
+    connect_timeout: float | None = None,
 ) -> Backend:
     """The backend a URL names (see the module docstring). No I/O happens here.
 
     `prefix` namespaces every key of a Redis backend (checked for memory too, so
     a setting that fails in production fails in development). `retention`
     applies to the store (`Retention()` if None); `secret` signs the commands of
-    a Redis bus. Raises ValueError for anything but a URL of an accepted scheme,
+    a Redis bus; `socket_timeout` and `connect_timeout` (seconds; None for the
+    defaults, 5 s and 2 s) bound every Redis command and connection. Raises ValueError for anything but a URL of an accepted scheme,
     and ImportError, naming the extra to install, when Redis support is missing.
     """
     scheme, rest = _split(url)
@@ -107,7 +110,14 @@ def open_store(
         ) from exc
     from .._backends import open_redis
 
-    return open_redis(url, prefix=prefix, retention=retention, secret=secret)
+    return open_redis(
+        url,
+        prefix=prefix,
+        retention=retention,
+        secret=secret,
+        socket_timeout=socket_timeout,
+        connect_timeout=connect_timeout,
+    )
 
 
 def _split(url: object) -> tuple[str, str]:
