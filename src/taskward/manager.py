@@ -391,16 +391,18 @@ class TaskManager:
                 check_id(user_id, "user_id")
             if name is not None and not isinstance(name, str):
                 raise TypeError(f"name must be a str, not {type(name).__name__}")
-            for what, text in (("channel_id", channel_id), ("platform", platform)):
-                if not isinstance(text, str):
-                    raise TypeError(f"{what} must be a str, not {type(text).__name__}")
+            if not isinstance(channel_id, str):
+                raise TypeError(f"channel_id must be a str, not {type(channel_id).__name__}")
+            if not isinstance(platform, str):
+                raise TypeError(f"platform must be a str, not {type(platform).__name__}")
             if metadata is not None:
                 if not isinstance(metadata, dict):
                     raise TypeError(f"metadata must be a dict, not {type(metadata).__name__}")
                 metadata = self.encoder.value(metadata, "metadata")
             if max_runtime is not None:
                 check_positive("max_runtime", max_runtime)
-            await self._ensure_started()
+            if self._state is not _State.RUNNING:
+                await self.start()
             if task_id is not None:
                 await self._check_new_id(task_id)
             else:
