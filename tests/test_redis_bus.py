@@ -145,9 +145,9 @@ async def test_a_bus_that_wants_no_events_decodes_none(
 ) -> None:
     a, _ = await start_bus("a")
     _, hb = await start_bus("b", wants=False)
-    decoded: list[str] = []
+    decoded: list[bytes] = []
 
-    def spy(body: str) -> list[TaskEvent]:
+    def spy(body: bytes) -> list[TaskEvent]:
         decoded.append(body)
         return decode_events(body)
 
@@ -397,7 +397,7 @@ async def test_reconnects_after_a_server_restart(
 
 
 def test_event_messages_are_compact() -> None:
-    payload = encode_events("inst", [event()])
+    payload = encode_events("inst", [event()], "", None, 0.0)
     sender, _, body = payload.partition("\n")
     assert sender == "inst"
     assert " " not in body and "null" in body
