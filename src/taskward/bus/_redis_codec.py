@@ -11,7 +11,8 @@ so a signed events message vouches for its sender and cannot pass as a command
 skips its own messages, and every message when nobody here listens to events,
 without checking a signature or decoding any JSON. The JSON list has one entry
 per event: ``[kind, task_id, status, at, user_id, item_id, record, data, seq]``
-where `record` is the record's non-empty fields (`TaskRecord.to_dict`) or null.
+where `record` is the record's fields (`TaskRecord.to_dict`) that differ from
+their defaults, or null.
 An empty list is an instance announcing itself.
 
 Commands, on one instance's command channel: the JSON object itself, or with a
@@ -91,8 +92,18 @@ class BadMessage(ValueError):
 # -- events: encoding ------------------------------------------------------------
 
 
+# A record's fields as `to_dict` gives them when they hold their defaults.
+_DEFAULTS = TaskRecord("").to_dict()
+
+
 def _record_dict(rec: TaskRecord) -> dict[str, Any]:
-    return {k: v for k, v in rec.to_dict().items() if v is not None and v != "" and v != {}}
+    """The fields of `rec` that differ from their defaults (a result of ``{}`` or ``""``
+    is sent: only None is a result's default)."""
+    return {
+        k: v
+        for k, v in rec.to_dict().items()
+        if not (type(v) is type(d := _DEFAULTS[k]) and (v is d or v == d))
+    }
 
 
 def _entry(e: TaskEvent, *, thin: bool = False) -> list[Any]:

@@ -418,7 +418,7 @@ class RedisBus:
 
 async def _close_quietly(pubsub: PubSub) -> None:
     try:
-        await pubsub.aclose()  # type: ignore[no-untyped-call]
+        await pubsub.aclose()  # type: ignore[no-untyped-call,unused-ignore]  # typed in redis 8.2
     except asyncio.CancelledError:
         raise
     except Exception:
