@@ -140,7 +140,11 @@ def split_events(
     limit: int,
 ) -> tuple[list[str], int]:
     """Events messages of at most `limit` bytes each, carrying `events` in order,
-    and how many events went thin (see the module docstring)."""
+    and how many events went thin (see the module docstring).
+
+    A thin event takes a few kilobytes at most (its ids are checked ids); only
+    under a limit that small would one go alone in a message over the limit.
+    """
     empty = _frame(sender, "[]", channel, secret, now)
     budget = limit - len(empty.encode())  # what the entries and their commas may take
     messages: list[str] = []
@@ -167,20 +171,24 @@ def split_events(
 # -- events: decoding ------------------------------------------------------------
 
 
-def sender_of(data: bytes) -> str:
-    """The sender id on the first line of an events message; BadMessage if none."""
+def _sender_end(data: bytes) -> int:
     end = data.find(b"\n", 0, _MAX_SENDER + 1)
     if end <= 0:
         raise BadMessage("no sender line")
+    return end
+
+
+def sender_of(data: bytes) -> str:
+    """The sender id on the first line of an events message; BadMessage if none."""
     try:
-        return data[:end].decode()
+        return data[: _sender_end(data)].decode()
     except UnicodeDecodeError:
         raise BadMessage("the sender line is not UTF-8") from None
 
 
 def events_body(data: bytes, channel: str, secret: bytes | None, now: float) -> bytes:
-    """The JSON list of an events message (from `sender_of`), its signature checked."""
-    start = data.index(b"\n") + 1
+    """The JSON list of an events message, its signature checked."""
+    start = _sender_end(data) + 1
     if data.startswith(_SIGNED, start):
         end = data.find(b"\n", start, start + _MAX_SIGNATURE_LINE)
         if end < 0:
