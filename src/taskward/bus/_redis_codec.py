@@ -1,19 +1,24 @@
 """Wire formats of the Redis bus: events and commands, optionally signed.
 
-Events, on the shared events channel, one message per flush of one instance::
+Events, on the shared events channel, one message per flush of one instance
+(several for a large one, see *Sizes*)::
 
     <sender instance id>\\n<JSON list>                                 (no secret)
     <sender instance id>\\nv1 <unix time> <hex HMAC-SHA256>\\n<JSON list>  (secret)
 
-The signature is taken over ``<events channel>\\n<time>\\n<sender>\\n<JSON list>``,
-so a signed events message vouches for its sender and cannot pass as a command
-(whose channel differs). The sender id comes first, unsigned, so a receiver
-skips its own messages, and every message when nobody here listens to events,
-without checking a signature or decoding any JSON. The JSON list has one entry
-per event: ``[kind, task_id, status, at, user_id, item_id, record, data, seq]``
-where `record` is the record's fields (`TaskRecord.to_dict`) that differ from
-their defaults, or null.
-An empty list is an instance announcing itself.
+``<unix time>`` has three decimals; the signature is taken over
+``<events channel>\\n<time>\\n<sender>\\n<JSON list>``, so a signed events
+message vouches for its sender too and cannot pass as a command (whose channel
+differs). A JSON list never starts with ``v``: the two forms are told apart by
+their second line. The sender line comes first, before the signature, so a
+receiver skips its own messages, and every message when nobody there listens
+to events, without checking a signature or decoding any JSON.
+
+The JSON list has one entry per event:
+``[kind, task_id, status, at, user_id, item_id, record, data, seq]`` where
+`record` is the record's fields (`TaskRecord.to_dict`) that differ from their
+defaults (its `task_id` always, the event's), or null. An empty list is an
+instance announcing itself.
 
 Commands, on one instance's command channel: the JSON object itself, or with a
 secret ``v1 <unix time> <hex HMAC-SHA256>\\n<JSON object>``, the MAC taken over
