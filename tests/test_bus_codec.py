@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, Optional
 
 import pytest
 from hypothesis import given, settings
@@ -21,6 +22,7 @@ from taskward.bus._redis_codec import (
     MAX_COMMAND_SIZE,
     MAX_MESSAGE_AGE,
     BadMessage,
+    _json_types,
     decode_command,
     decode_events,
     encode_command,
@@ -283,3 +285,28 @@ def test_an_event_too_large_to_go_alone_goes_thin() -> None:
     received = [e for m in messages for e in receive(m, SECRET)]
     assert received == [sent[0], thin(sent[1]), thin(sent[2])]
     assert received[1] == TaskEvent("finished", "big", TaskStatus.COMPLETED, NOW)
+
+
+@pytest.mark.parametrize(
+    ("hint", "expected"),
+    [
+        (str, (str,)),
+        (TaskStatus, (str,)),
+        (float | None, (int, float, type(None))),
+        (int, (int,)),
+        (bool | None, (bool, type(None))),
+        (dict[str, Any] | None, (dict, type(None))),
+        (Mapping[str, Any], (dict,)),
+        (TaskError | None, (dict, type(None))),
+        (Any, None),
+        (Optional[Any], None),  # noqa: UP045 - a typing.Union, as older annotations give
+        (str | Any, None),
+    ],
+)
+def test_record_field_checks_follow_the_annotations(hint: Any, expected: Any) -> None:
+    assert _json_types(hint) == expected
+
+
+def test_a_record_field_of_a_type_without_a_json_form_is_refused_at_import() -> None:
+    with pytest.raises(TypeError, match="no JSON form"):
+        _json_types(list[int])

@@ -9,6 +9,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 import pytest
+import redis.asyncio
 from redis.asyncio.client import PubSub
 
 from taskward._records import TaskEvent, TaskRecord, TaskStatus
@@ -341,6 +342,7 @@ async def test_lifecycle(
     await bus.aclose()
     await bus.aclose()
     await bus.publish([event()])  # closed: nothing is sent
+    assert bus.encode([event()]) is None
     with pytest.raises(RuntimeError):
         await bus.start("a", handlers)
     never = RedisBus(connection)
@@ -529,12 +531,16 @@ async def test_a_large_flush_goes_as_several_messages_within_the_limit(
         async with connection.client.pubsub() as raw:
             await raw.subscribe(keys.events)
             with caplog.at_level(logging.WARNING, logger="taskward.bus.redis"):
+                await sender.publish(flush[:-1])  # split, each event whole
+                await hb.until(lambda: len(hb.events) == len(flush) - 1)
+                assert not caplog.records
+                hb.events.clear()
                 await sender.publish(flush)
             await hb.until(lambda: len(hb.events) == len(flush))
             sizes = []
             data = b""
             async with asyncio.timeout(WAIT):
-                while b'"big"' not in data:  # the last event
+                while b'"big"' not in data:  # the last event of the second flush
                     message = await raw.get_message(ignore_subscribe_messages=True, timeout=1)
                     if message is not None:
                         data = message["data"]
@@ -629,3 +635,60 @@ async def test_garbage_does_not_fool_the_peer_count(
     assert not alone.has_peers()
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert not [r for r in caplog.records if "could not count" in r.getMessage()]
+
+
+async def test_a_failing_events_handler_does_not_stop_the_listener(
+    start_bus: Callable[..., Awaitable[tuple[RedisBus, Recorder]]],
+    connection: RedisConnection,
+    key_prefix: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    a, _ = await start_bus("a")
+    _, hb = await start_bus("b")
+    calls = 0
+    original = hb.on_events
+
+    def explode_once(events: Sequence[TaskEvent]) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("boom")
+        original(events)
+
+    hb.on_events = explode_once  # type: ignore[method-assign]
+    await a.publish([event("finished", "1")])
+    await connection.client.publish(Keys(key_prefix).events, "x\n[ ]")  # no events: no call
+    await a.publish([event("finished", "2")])
+    await hb.until(lambda: bool(hb.events))
+    assert [e.task_id for e in hb.events] == ["2"]
+    assert calls == 2
+    assert any("handler failed on events" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_client_that_decodes_responses_works_too(
+    redis_url: str,
+    key_prefix: str,
+    start_bus: Callable[..., Awaitable[tuple[RedisBus, Recorder]]],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    client = redis.asyncio.Redis.from_url(redis_url, decode_responses=True)
+    conn = connect(client)
+    try:
+        a, ha = await start_bus("a", secret="s", conn=conn)
+        b, hb = await start_bus("b", secret="s")
+        with caplog.at_level(logging.WARNING, logger="taskward.bus.redis"):
+            await client.publish(Keys(key_prefix).events, "x\n" + "[" * 50_000)
+            await client.publish(Keys(key_prefix).events, "a\n" + "[" * 50_000)  # its own
+            await b.publish([event()])
+            await b.send_command("a", {"op": "stop", "task_id": "t"})
+            await ha.until(lambda: bool(ha.events) and bool(ha.commands))
+            await a.publish([event("output", "t2", record=None, data="hi", seq=1)])
+            await hb.until(lambda: bool(hb.events))
+        assert ha.events == [event()]
+        assert ha.commands == [{"op": "stop", "task_id": "t"}]
+        assert [e.task_id for e in hb.events] == ["t2"]
+        mine = [r.getMessage() for r in caplog.records if r.getMessage().startswith("bus of a ")]
+        assert len(mine) == 1 and "unsigned events" in mine[0]
+    finally:
+        await a.aclose()
+        await client.aclose()

@@ -52,7 +52,7 @@ import json
 import math
 import types
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, get_args, get_origin, get_type_hints
+from typing import TYPE_CHECKING, Any, Union, get_args, get_origin, get_type_hints
 
 from .._ids import MAX_ID_LENGTH
 from .._records import STATUS_BY_VALUE, TaskError, TaskEvent, TaskRecord, dump_json
@@ -252,7 +252,8 @@ def _json_types(hint: Any) -> tuple[type, ...] | None:
     """The JSON value types a record field annotated `hint` may arrive as; None: any."""
     if hint is Any:
         return None
-    if isinstance(hint, types.UnionType):
+    origin = get_origin(hint) or hint
+    if origin is Union or origin is types.UnionType:
         found: tuple[type, ...] = ()
         for arg in get_args(hint):
             arg_types = _json_types(arg)
@@ -260,7 +261,6 @@ def _json_types(hint: Any) -> tuple[type, ...] | None:
                 return None
             found += arg_types
         return found
-    origin = get_origin(hint) or hint
     if origin is types.NoneType or origin is int or origin is bool:
         return (origin,)
     if origin is float:
