@@ -667,6 +667,7 @@ async def test_a_failing_events_handler_does_not_stop_the_listener(
 
 async def test_a_client_that_decodes_responses_works_too(
     redis_url: str,
+    connection: RedisConnection,
     key_prefix: str,
     start_bus: Callable[..., Awaitable[tuple[RedisBus, Recorder]]],
     caplog: pytest.LogCaptureFixture,
@@ -689,6 +690,18 @@ async def test_a_client_that_decodes_responses_works_too(
         assert [e.task_id for e in hb.events] == ["t2"]
         mine = [r.getMessage() for r in caplog.records if r.getMessage().startswith("bus of a ")]
         assert len(mine) == 1 and "unsigned events" in mine[0]
+
+        # Bytes that are not UTF-8 make redis-py fail for such a client: the bus says
+        # so in one warning, reconnects, and goes on.
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="taskward.bus.redis"):
+            await connection.client.publish(Keys(key_prefix).events, b"x\n\xff\xfe")
+            await ha.until(lambda: ha.reconnects >= 1)
+            await b.send_command("a", {"op": "stop", "task_id": "after"})
+            await ha.until(lambda: len(ha.commands) == 2)
+        warnings = [r for r in caplog.records if r.getMessage().startswith("bus of a ")]
+        assert len(warnings) == 1 and "cannot decode" in warnings[0].getMessage()
+        assert warnings[0].levelno == logging.WARNING and warnings[0].exc_info is None
     finally:
         await a.aclose()
         await client.aclose()

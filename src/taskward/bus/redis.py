@@ -309,7 +309,16 @@ class RedisBus:
                 raise
             except Exception as exc:
                 raise_if_cancelling(exc)
-                if not isinstance(exc, UNAVAILABLE_ERRORS):
+                if isinstance(exc, UnicodeDecodeError):
+                    # A client that decodes responses fails inside redis-py on a
+                    # message that is not UTF-8: garbage, not a bug of ours.
+                    logger.warning(
+                        "bus of %s is ignoring a message its client cannot decode (%s); "
+                        "reconnecting",
+                        self._instance_id,
+                        exc,
+                    )
+                elif not isinstance(exc, UNAVAILABLE_ERRORS):
                     logger.exception("bus reader of %s failed; reconnecting", self._instance_id)
                 elif failures == 0:
                     logger.warning(
