@@ -7,15 +7,21 @@ client. Pub/sub keeps nothing for a disconnected listener, so the durable truth
 stays in the store: after every reconnect the reader resubscribes and awaits
 `BusHandlers.on_reconnect()`, which re-reads what may have been missed.
 
-The listener never dies: malformed, foreign, unsigned (when a secret is set),
-forged or stale messages are logged and skipped, handler errors are logged,
-and a lost connection is re-established with capped, jittered exponential
-backoff (redis-py's backoff), for as long as the bus is open.
+The listener never dies: malformed, oversized, unsigned (when a secret is
+set), forged or stale messages are logged (one warning each) and skipped,
+handler errors are logged, and a lost connection is re-established with
+capped, jittered exponential backoff (redis-py's backoff), for as long as the
+bus is open. The wire formats, signatures and size limits are described in
+`taskward.bus._redis_codec`. Our own events come back to us on the shared
+channel; they are recognised by their first bytes and dropped unread.
 
 `has_peers()` lets the manager skip building events nobody would receive: the
 bus counts subscribers of the events channel (PUBSUB NUMSUB, summed over the
 nodes of a Cluster) every few seconds, and a new instance announces itself with
-an empty events message as soon as it has subscribed.
+an empty events message as soon as it has subscribed. Any events message with
+a sender line counts as a sign of peers, before its signature is checked (a
+bus that wants no events checks none): a forged one can only make this bus
+publish when nobody listens, which is also what it does when unsure.
 """
 
 from __future__ import annotations
@@ -39,12 +45,16 @@ from .._redis import (
 )
 from ..stores.keys import Keys
 from ._redis_codec import (
+    MAX_COMMAND_SIZE,
+    MAX_EVENTS_SIZE,
     BadMessage,
     decode_command,
     decode_events,
     encode_command,
     encode_events,
-    split_sender,
+    events_body,
+    sender_of,
+    split_events,
 )
 
 if TYPE_CHECKING:
@@ -66,6 +76,9 @@ RECONNECT_CAP = 5.0
 #: Seconds between two counts of the instances listening to events.
 PEER_REFRESH = 5.0
 _PREVIEW = 80
+# How an events message with no events ends, signed or not (JSON has no raw newline):
+# a peer announcing itself, nothing to check or decode.
+_ANNOUNCEMENT = b"\n[]"
 
 _PEER_COUNT_ERRORS: tuple[type[Exception], ...] = (rx.RedisError, OSError)
 
@@ -80,12 +93,20 @@ def _text(value: Any) -> str:
     return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
 
 
+def _fits(payload: str, limit: int) -> bool:
+    """Whether `payload` takes at most `limit` bytes of UTF-8 (measured only when it may not)."""
+    return len(payload) <= limit // 4 or len(payload.encode()) <= limit
+
+
 class RedisBus:
     """A `Bus` over Redis pub/sub. Needs a `RedisConnection` (`taskward._redis.connect`).
 
-    With `secret`, commands are signed (HMAC-SHA256) and unsigned, forged or
-    stale commands are ignored with a warning; every instance of a service must
-    then share the secret. `command_ops` are the command ops accepted.
+    With `secret`, commands and events are signed (HMAC-SHA256) and unsigned,
+    forged or stale ones are ignored with a warning; every instance of a
+    service must then share the secret. `command_ops` are the command ops
+    accepted. `max_message_size` bounds, in bytes, the events messages this
+    bus decodes and sends (larger flushes go as several messages); it must be
+    the same on every instance, and at least `MAX_COMMAND_SIZE`.
     The connection is not closed by `aclose()`: it belongs to whoever made it.
     """
 
@@ -96,17 +117,24 @@ class RedisBus:
         keys: Keys | None = None,
         secret: str | bytes | None = None,
         command_ops: Iterable[str] = COMMAND_OPS,
+        max_message_size: int = MAX_EVENTS_SIZE,
     ) -> None:
         if isinstance(secret, str):
             secret = secret.encode()
         if secret is not None and not secret:
-            raise ValueError("secret must not be empty (pass None for unsigned commands)")
+            raise ValueError("secret must not be empty (pass None for unsigned messages)")
+        if type(max_message_size) is not int:
+            raise TypeError(f"max_message_size must be an int, not {type(max_message_size)}")
+        if max_message_size < MAX_COMMAND_SIZE:
+            raise ValueError(f"max_message_size must be at least {MAX_COMMAND_SIZE} bytes")
         self._connection = connection
         self._keys = keys if keys is not None else Keys()
         self._secret: bytes | None = secret
         self._ops = frozenset(command_ops)
+        self._max_size = max_message_size
         self._state = _State.NEW
         self._instance_id = ""
+        self._own_line = b""  # the first line of our own events messages
         self._handlers: BusHandlers | None = None
         self._command_channel = ""
         self._pubsub: PubSub | None = None
@@ -128,11 +156,13 @@ class RedisBus:
         self._instance_id = check_id(instance_id, "instance_id")
         self._handlers = handlers
         self._command_channel = self._keys.command_channel(instance_id)
+        self._own_line = f"{instance_id}\n".encode()
         try:
             self._pubsub = await self._subscribe()
             await self._count_peers()
             # Announce ourselves, so running peers publish their events from now on.
-            await self._connection.client.publish(self._keys.events, encode_events(instance_id, ()))
+            hello = encode_events(instance_id, (), self._keys.events, self._secret, time.time())
+            await self._connection.client.publish(self._keys.events, hello)
         except BaseException as exc:
             await self._discard_pubsub()
             if isinstance(exc, UNAVAILABLE_ERRORS):
@@ -167,19 +197,43 @@ class RedisBus:
         return self._peers
 
     def encode(self, events: Sequence[TaskEvent]) -> str | None:
-        """The message `publish` would send, for a store to publish with its write."""
+        """The one message `publish` would send, for a store to publish with its write.
+
+        Signed when the bus has a secret. None when there is nothing to send,
+        or when the events need more than one message: `publish` them then.
+        """
         if not events or self._state is not _State.RUNNING:
             return None
-        return encode_events(self._instance_id, events)
+        payload = encode_events(
+            self._instance_id, events, self._keys.events, self._secret, time.time()
+        )
+        return payload if _fits(payload, self._max_size) else None
 
     async def publish(self, events: Sequence[TaskEvent]) -> None:
-        payload = self.encode(events)
-        if payload is None:
+        if not events or self._state is not _State.RUNNING:
             return
+        payload = self.encode(events)
+        messages = [payload] if payload is not None else self._split(events)
+        client = self._connection.client
         try:
-            await self._connection.client.publish(self._keys.events, payload)
+            for message in messages:
+                await client.publish(self._keys.events, message)
         except UNAVAILABLE_ERRORS as exc:
             raise unavailable(exc) from exc
+
+    def _split(self, events: Sequence[TaskEvent]) -> list[str]:
+        """`events` as messages within the size limit (a large flush)."""
+        messages, thin = split_events(
+            self._instance_id, events, self._keys.events, self._secret, time.time(), self._max_size
+        )
+        if thin:
+            logger.warning(
+                "%d event(s) too large for one bus message (%d bytes) were sent without "
+                "their record and data; other instances read those from the store",
+                thin,
+                self._max_size,
+            )
+        return messages
 
     async def send_command(self, instance_id: str, command: dict[str, Any]) -> None:
         """Publish `command` to the instance's channel.
@@ -255,7 +309,16 @@ class RedisBus:
                 raise
             except Exception as exc:
                 raise_if_cancelling(exc)
-                if not isinstance(exc, UNAVAILABLE_ERRORS):
+                if isinstance(exc, UnicodeDecodeError):
+                    # A client that decodes responses fails inside redis-py on a
+                    # message that is not UTF-8: garbage, not a bug of ours.
+                    logger.warning(
+                        "bus of %s is ignoring a message its client cannot decode (%s); "
+                        "reconnecting",
+                        self._instance_id,
+                        exc,
+                    )
+                elif not isinstance(exc, UNAVAILABLE_ERRORS):
                     logger.exception("bus reader of %s failed; reconnecting", self._instance_id)
                 elif failures == 0:
                     logger.warning(
@@ -282,27 +345,56 @@ class RedisBus:
         handlers = self._handlers
         if handlers is None or message.get("type") != "message":
             return
+        data = message["data"]
+        if isinstance(data, str):  # from a client that decodes responses
+            data = data.encode()
         channel = _text(message["channel"])
-        payload = _text(message["data"])
+        if channel == self._keys.events:
+            if not data.startswith(self._own_line):  # ours come back to us: dropped unread
+                self._on_events_message(handlers, channel, data)
+        elif channel == self._command_channel:
+            self._on_command_message(handlers, channel, data)
+
+    def _on_events_message(self, handlers: BusHandlers, channel: str, data: bytes) -> None:
         try:
-            if channel == self._keys.events:
-                sender, body = split_sender(payload)
-                if sender == self._instance_id:
-                    return
-                self._peer_messages += 1
-                self._peers = True
-                if body == "[]" or not handlers.wants_events():
-                    return
-                events = decode_events(body)
-                if events:
-                    handlers.on_events(events)
-            elif channel == self._command_channel:
-                command = decode_command(payload, channel, self._secret, time.time(), self._ops)
-                handlers.on_command(command)
+            if len(data) > self._max_size:
+                raise BadMessage(f"{len(data)} bytes, over the limit of {self._max_size}")
+            sender_of(data)
+            self._peer_messages += 1
+            self._peers = True
+            if not handlers.wants_events() or data.endswith(_ANNOUNCEMENT):
+                return
+            events = decode_events(events_body(data, channel, self._secret, time.time()))
         except BadMessage as exc:
-            logger.warning("ignoring a message on %s: %s: %.*r", channel, exc, _PREVIEW, payload)
+            self._ignore(channel, exc, data)
+            return
+        if events:
+            try:
+                handlers.on_events(events)
+            except Exception:
+                logger.exception("bus handler failed on events from %s", channel)
+
+    def _on_command_message(self, handlers: BusHandlers, channel: str, data: bytes) -> None:
+        try:
+            if len(data) > MAX_COMMAND_SIZE:
+                raise BadMessage(f"{len(data)} bytes, over the limit of {MAX_COMMAND_SIZE}")
+            command = decode_command(data, channel, self._secret, time.time(), self._ops)
+        except BadMessage as exc:
+            self._ignore(channel, exc, data)
+            return
+        try:
+            handlers.on_command(command)
         except Exception:
-            logger.exception("bus handler failed on a message from %s", channel)
+            logger.exception("bus handler failed on a command from %s", channel)
+
+    def _ignore(self, channel: str, exc: BadMessage, data: bytes) -> None:
+        logger.warning(
+            "bus of %s is ignoring a message on %s: %s: %r",
+            self._instance_id,
+            channel,
+            exc,
+            data[:_PREVIEW],
+        )
 
     # -- peers -----------------------------------------------------------------
 
