@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
 
+import taskward._live as live
 from helpers import blocked
 from taskward import TaskError, TaskManager, TaskRecord, TaskStatus
 from taskward._live import (
@@ -16,6 +18,7 @@ from taskward._live import (
     replace,
     snapshot,
 )
+from taskward.stores._redis_codec import HASH_FIELDS
 from taskward.stores.base import InProcessStore
 
 
@@ -117,3 +120,43 @@ async def test_written_final_records_leave_the_local_table_and_running_ones_stay
             tm._table.forget([running])
             assert tm._table.rows == {"r": running}
             tm._table.rows.clear()
+
+
+def test_the_row_layout_the_record_and_the_redis_codec_agree() -> None:
+    """One layout: every position constant names the `TaskRecord` field at that
+    position, and the Redis hash has one field for every position but the id."""
+    positions = {
+        name: value
+        for name, value in vars(live).items()
+        if name.isupper() and type(value) is int and not name.startswith("V_")
+    }
+    assert sorted(positions.values()) == list(range(len(live.FIELDS)))
+    assert {live.FIELDS[value]: name for name, value in positions.items()} == {
+        field.name: field.name.upper() for field in dataclasses.fields(TaskRecord)
+    }
+    hashed = [position for position, _, _ in HASH_FIELDS]
+    assert sorted(hashed) == [p for p in range(len(live.FIELDS)) if p != live.TASK_ID]
+    assert len({field for _, field, _ in HASH_FIELDS}) == len(HASH_FIELDS)
+
+
+def test_finished_changes_exactly_the_fields_of_an_end() -> None:
+    row = from_record(dataclasses.replace(full_record(), status=TaskStatus.RUNNING, error=None))
+    error = TaskError("E", "m")
+    end = finished(row, "failed", "r", error, 9.0)
+    changed = {
+        live.FIELDS[i]
+        for i, (before, after) in enumerate(zip(row, end, strict=True))
+        if before != after
+    }
+    assert changed == {"status", "updated_at", "finished_at", "result", "error"}
+    assert end[live.ERROR] is error
+    assert end == replace(
+        row,
+        {
+            live.STATUS: "failed",
+            live.UPDATED_AT: 9.0,
+            live.FINISHED_AT: 9.0,
+            live.RESULT: "r",
+            live.ERROR: error,
+        },
+    )

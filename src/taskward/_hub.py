@@ -26,7 +26,8 @@ class EventHub:
     """Fans events out to this instance's streams and, through the flusher, to the bus.
 
     `alone` says nobody but this instance can ever hear of its tasks (its own
-    store and bus in memory): events are then built only for local streams.
+    store and bus in memory): events are then built only for local streams, and
+    `quiet` says when there are none either (callers skip `emit` then).
     """
 
     def __init__(
@@ -37,6 +38,7 @@ class EventHub:
         alone: bool,
     ) -> None:
         self.streams: list[EventStream] = []
+        self.quiet = alone  # nobody listens: no event needs to be made
         self._queue_event = queue_event
         self._has_peers = has_peers
         self._alone = alone
@@ -51,9 +53,9 @@ class EventHub:
         Events other than `output` carry a snapshot of the record; local streams
         and the bus each get their own.
         """
-        streams = self.streams
-        if not streams and self._alone:
+        if self.quiet:
             return
+        streams = self.streams
         with_record = data is None
         if streams:
             event = event_of(kind, row, at, snapshot(row) if with_record else None, data, seq)
@@ -120,16 +122,19 @@ class EventHub:
             on_close=self._drop_stream,
         )
         self.streams.append(stream)
+        self.quiet = False
         return stream
 
     def _drop_stream(self, stream: EventStream) -> None:
         if stream in self.streams:
             self.streams.remove(stream)
+        self.quiet = self._alone and not self.streams
 
     def close_streams(self) -> None:
         for stream in self.streams:
             stream.close_from_manager()
         self.streams.clear()
+        self.quiet = self._alone
 
 
 class BusEndpoint:

@@ -106,21 +106,13 @@ def replace(row: Live, changes: Mapping[int, Any]) -> Live:
 
 
 def finished(row: Live, status: str, result: Any, error: TaskError | None, now: float) -> Live:
-    """`row` ended at `now`: its terminal status value, and its result or error.
-
-    The end writes four neighbouring fields (updated, finished, result, error),
-    so the new row is the old one's slices around them.
-    """
-    return (
-        *row[:STATUS],
-        status,
-        *row[STATUS + 1 : UPDATED_AT],
-        now,
-        now,
-        result,
-        error,
-        *row[ERROR + 1 :],
-    )
+    """`row` ended at `now`: its terminal status value, and its result or error."""
+    out = list(row)
+    out[STATUS] = status
+    out[UPDATED_AT] = out[FINISHED_AT] = now
+    out[RESULT] = result
+    out[ERROR] = error
+    return tuple(out)
 
 
 def outcome(row: Live) -> tuple[TaskStatus, Any, TaskError | None]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ._ids import check_id, check_optional_id
+from ._ids import check_id
 
 __all__ = ["Caller", "scope_of"]
 
@@ -39,7 +39,7 @@ def scope_of(user_id: str | None, caller: Caller | None) -> str | None:
     user's tasks"); new code passes a `Caller`.
     """
     if caller is None:
-        return check_optional_id(user_id, "user_id")
+        return None if user_id is None else check_id(user_id, "user_id")
     if not isinstance(caller, Caller):
         raise TypeError(f"caller must be a Caller, not {type(caller).__name__}")
     if user_id is not None:
