@@ -1,4 +1,5 @@
-"""The Redis half of `taskward.stores.open_store`, which also takes a client.
+"""The backends a `TaskManager` runs on: `open_backend`, and the Redis half of
+`taskward.stores.open_store`, which also takes a client.
 
 `open_store` turns a ``redis...://`` URL into a backend through `open_redis`;
 `TaskManager(redis=...)` may also pass a ``redis.asyncio`` client, which only
@@ -10,13 +11,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .stores import Backend
+from .bus.memory import MemoryBus
+from .stores import Backend, open_store
+from .stores.memory import MemoryStore
 
 if TYPE_CHECKING:
+    from .bus.base import Bus
     from .bus.redis import RedisBus
-    from .stores.base import Retention
+    from .stores.base import Retention, Store
 
-__all__ = ["RedisBackend", "open_redis"]
+__all__ = ["RedisBackend", "open_backend", "open_redis"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,3 +68,29 @@ def open_redis(
         return Pulse(connect, lambda client: client.set(key, "1", px=ttl_ms, xx=True), interval)
 
     return RedisBackend(store, bus, connection, pulse, bus.encode)
+
+
+def open_backend(redis: Any, store: Store | str | None, bus: Bus | None, **options: Any) -> Backend:
+    """What `TaskManager(redis=..., store=..., bus=...)` runs on.
+
+    A URL (as `store` or `redis`) or a `redis.asyncio` client is opened here
+    (`options`: prefix, retention, secret and the timeouts); a `Store` and `Bus`
+    given are used as they are; what is not given is the in-process default.
+    """
+    if redis is not None and (store is not None or bus is not None):
+        raise ValueError("pass either redis or store/bus, not both")
+    if isinstance(store, str):
+        if bus is not None:
+            raise ValueError("a store URL brings its own bus; pass no bus with it")
+        return open_store(store, **options)
+    if isinstance(redis, str):
+        return open_store(redis, **options)
+    if redis is not None:
+        return open_redis(redis, **options)
+    return Backend(
+        store if store is not None else MemoryStore(options["retention"]),
+        bus if bus is not None else MemoryBus(),
+        None,
+        None,
+        None,
+    )

@@ -94,10 +94,14 @@ class Reader:
 
     async def result(self, task_id: str, timeout: float | None, user_id: str | None) -> Any:
         if timeout is None:  # a finished task's outcome, without making a record
-            row = self._finished_row(task_id, user_id)
-            if row is None and self._table.runs_here(task_id, user_id):
+            row = self._table.rows.get(task_id)
+            if (
+                row is not None
+                and row[STATUS] == V_RUNNING
+                and (user_id is None or row[USER_ID] == user_id)
+            ):
                 await self._table.add_waiter(task_id)  # its end, here: no timer, no record
-                row = self._finished_row(task_id, user_id)
+            row = self._finished_row(task_id, user_id)
             if row is not None:
                 if row[STATUS] == V_COMPLETED:
                     return row[RESULT]

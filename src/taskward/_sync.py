@@ -216,7 +216,7 @@ class Flusher:
         outputs: dict[str, list[OutputChunk]],
         events: list[TaskEvent],
     ) -> bool:
-        """Write one flush; True if its events are still to be published.
+        """Write one flush; True if it has events still to be published.
 
         The events ride on the write when the store shares its server with the
         bus (`encode_events`), in the same round trip.
@@ -237,9 +237,9 @@ class Flusher:
             logger.warning(
                 "a write of %d task records failed (%r); writing them one by one", len(records), exc
             )
-            return await self._write_one_by_one(records, outputs, events)
+            return await self._write_one_by_one(records, outputs, events) and bool(events)
         self._written(records)
-        return notice is None
+        return bool(events) and notice is None
 
     async def _write_one_by_one(
         self,

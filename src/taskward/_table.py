@@ -436,17 +436,30 @@ class LocalTable:
         self.wake(task_id)
         return True
 
-    def abandon(self, reason: str) -> list[str]:
-        """Record every task still running as lost (it ignored its cancellation)."""
-        lost = []
+    async def drain(self, grace: float, deadline: float, reason: str) -> None:
+        """Shutdown's two phases: `grace` seconds to finish, then cancel and wait up to
+        `deadline` seconds; a task still running then is recorded lost, and logged."""
+        running = [task for task in self.tasks.values() if not task.done()]
+        if running and grace > 0:
+            _, pending = await asyncio.wait(running, timeout=grace)
+            running = list(pending)
+        if not running:
+            return
+        logger.info("closing: cancelling %d running tasks", len(running))
+        for task_id, task in list(self.tasks.items()):
+            if not task.done():
+                self.cancel(task_id, reason)
+        if deadline > 0:
+            await asyncio.wait(running, timeout=deadline)
+        else:
+            await asyncio.sleep(0)  # one turn to take the cancellation, no more
+        lost = TaskError("TaskLost", "did not stop within the shutdown deadline")
         for row in self.running_rows():
             task_id = row[TASK_ID]
             logger.warning(
                 "task %s (%s) ignored cancellation; abandoned as lost", task_id, row[NAME]
             )
-            self.finish(task_id, V_LOST, None, TaskError("TaskLost", reason))
-            lost.append(task_id)
-        return lost
+            self.finish(task_id, V_LOST, None, lost)
 
 
 async def _run(

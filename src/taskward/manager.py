@@ -14,6 +14,8 @@ import enum
 import logging
 from typing import TYPE_CHECKING, Any, Self
 
+from ._assembly import assemble
+from ._backends import open_backend
 from ._checks import (
     check_int,
     check_positive,
@@ -22,20 +24,12 @@ from ._checks import (
     is_coroutine,
 )
 from ._encoding import DEFAULT_MAX_VALUE_SIZE, ValueEncoder
-from ._housekeeping import Housekeeper
-from ._hub import BusEndpoint, EventHub
 from ._ids import check_id, check_optional_id, default_instance_id, new_task_id
-from ._reads import Reader
 from ._records import TaskStatus
 from ._scope import Caller, scope_of
-from ._stopping import Stopper
-from ._sync import SYNC_TIMEOUT, Flusher, cancel_and_wait
-from ._table import LocalTable
-from .bus.memory import MemoryBus
+from ._sync import SYNC_TIMEOUT, cancel_and_wait
 from .errors import ManagerClosed, StoreUnavailable, TaskIdInUse, TaskNotFound
-from .stores import open_store
 from .stores.base import InProcessStore, Page, retention_of
-from .stores.memory import MemoryStore
 
 if TYPE_CHECKING:
     from collections.abc import Coroutine, Iterable
@@ -46,38 +40,13 @@ if TYPE_CHECKING:
     from ._pulse import Pulse
     from ._records import OutputChunk, StopResult, TaskRecord
     from .bus.base import Bus
-    from .stores import Backend
     from .stores.base import Store
 
 __all__ = ["TaskManager"]
 
 logger = logging.getLogger(__name__)
 
-# Final records of tasks run here that an instance on a remote store keeps for reads.
-RECENT_LIMIT = 10_000
 CLOSE_REASON = "manager closed"
-
-
-def _backend(
-    redis: Any, store: Store | str | None, bus: Bus | None, **options: Any
-) -> Backend | None:
-    """The backend `TaskManager(redis=..., store="url")` asks for, or None for objects given.
-
-    `options`: prefix, retention, secret and the timeouts, for `open_store`.
-    """
-    if redis is not None and (store is not None or bus is not None):
-        raise ValueError("pass either redis or store/bus, not both")
-    if isinstance(store, str):
-        if bus is not None:
-            raise ValueError("a store URL brings its own bus; pass no bus with it")
-        return open_store(store, **options)
-    if isinstance(redis, str):
-        return open_store(redis, **options)
-    if redis is not None:
-        from ._backends import open_redis  # a client: redis is installed
-
-        return open_redis(redis, **options)
-    return None
 
 
 class _State(enum.Enum):
@@ -160,14 +129,10 @@ class TaskManager:
         self.instance_id = check_id(instance_id or default_instance_id(), "instance_id")
         #: The encoding rule every value a task hands over goes through.
         self.encoder = ValueEncoder(encoder, max_value_size)
-        self._store: Store
-        self._bus: Bus
-        self._owned: list[Any] = []  # what aclose() must close: things we created
-        self._make_pulse = None
         # Nobody but this manager can ever hear of its tasks (its own store and bus
         # in memory): the hot path skips events and store syncs.
         alone = (store is None or store == "memory://") and bus is None and redis is None
-        backend = _backend(
+        backend = open_backend(
             redis,
             store,
             bus,
@@ -177,77 +142,35 @@ class TaskManager:
             socket_timeout=socket_timeout,
             connect_timeout=connect_timeout,
         )
-        encode_events = None
-        if backend is not None:
-            self._store, self._bus = backend.store, backend.bus
-            # Store and bus share a server: events ride on the store's write.
-            encode_events = backend.encode_events
-            self._make_pulse = backend.pulse
-            if backend.connection is not None:
-                self._owned.append(backend.connection)
-        else:
-            self._store = (
-                MemoryStore(retention) if store is None or isinstance(store, str) else store
-            )
-            self._bus = bus if bus is not None else MemoryBus()
+        self._store, self._bus = backend.store, backend.bus
+        self._make_pulse = backend.pulse
+        # What aclose() must close: what was opened here.
+        self._owned = [] if backend.connection is None else [backend.connection]
         self.retention = self._store.retention
         self._pulse: Pulse | None = None
-        in_process = isinstance(self._store, InProcessStore)
         self._alone = alone
         self._state = _State.NEW
         self._started: asyncio.Future[None] | None = None
         self._closed_event: asyncio.Event | None = None
         self._housekeeping: asyncio.Task[None] | None = None
 
-        self._flusher = flusher = Flusher(
-            self._store, self._bus, encode_events=encode_events, in_process=in_process
-        )
-        self._hub = hub = EventHub(
-            queue_event=flusher.add_event, has_peers=self._bus.has_peers, alone=alone
-        )
-        self._table = table = LocalTable(
+        parts = assemble(
+            self._store,
+            self._bus,
             instance_id=self.instance_id,
-            writes=flusher,
-            hub=hub,
             encoder=self.encoder,
-            keep_recent=0 if in_process else min(self.retention.max_finished, RECENT_LIMIT),
-            result_ttl=self.retention.result_ttl,
-        )
-        self._keeper = keeper = Housekeeper(
-            instance_id=self.instance_id,
-            table=table,
-            store=self._store,
-            bus=self._bus,
-            flusher=flusher,
-            hub=hub,
-            has_peers=self._bus.has_peers,
+            encode_events=backend.encode_events,
+            alone=alone,
+            ready=self._ensure_started,
+            stop_timeout=self.stop_timeout,
             heartbeat_interval=self.heartbeat_interval,
             liveness_ttl=self.liveness_ttl,
         )
-        self._reader = Reader(
-            table=table,
-            store=self._store,
-            hub=hub,
-            ready=self._ensure_started,
-            unavailable=keeper.set_disconnected,
-        )
-        self._stopper = stopper = Stopper(
-            table=table,
-            reader=self._reader,
-            store=self._store,
-            bus=self._bus,
-            hub=hub,
-            flusher=flusher,
-            keeper=keeper,
-            stop_timeout=self.stop_timeout,
-            remote_store=not in_process,
-        )
-        flusher.bind(
-            written=table.forget, unavailable=keeper.set_disconnected, unwritable=table.unwritable
-        )
-        self._bus_handlers = BusEndpoint(hub, stopper.on_command, keeper.reconcile_stops)
-        # Whether a creation waits for its write: a shared store, or peers to tell.
-        self._sync_creations = not alone and (not in_process or self._bus.has_peers)
+        self._flusher, self._hub, self._table = parts.flusher, parts.hub, parts.table
+        self._keeper, self._reader, self._stopper = parts.keeper, parts.reader, parts.stopper
+        self._bus_handlers = parts.handlers
+        # A creation waits for its write where others may read it: a shared store.
+        self._shared_store = not alone and not isinstance(self._store, InProcessStore)
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -308,7 +231,7 @@ class TaskManager:
         closed = self._closed_event = asyncio.Event()
         try:
             if was_started:
-                await self._drain_tasks()
+                await self._table.drain(self.shutdown_grace, self.shutdown_timeout, CLOSE_REASON)
                 await self._flusher.aclose(self.shutdown_timeout)
                 await self._stopper.aclose(self.shutdown_timeout)
                 if self._housekeeping is not None:
@@ -329,25 +252,6 @@ class TaskManager:
         finally:
             self._state = _State.CLOSED
             closed.set()
-
-    async def _drain_tasks(self) -> None:
-        """Shutdown's two phases: a grace period, then cancel with a hard deadline."""
-        tasks = self._table.tasks
-        running = [task for task in tasks.values() if not task.done()]
-        if running and self.shutdown_grace > 0:
-            _, pending = await asyncio.wait(running, timeout=self.shutdown_grace)
-            running = list(pending)
-        if not running:
-            return
-        logger.info("closing: cancelling %d running tasks", len(running))
-        for task_id, task in list(tasks.items()):
-            if not task.done():
-                self._table.cancel(task_id, CLOSE_REASON)
-        if self.shutdown_timeout > 0:
-            await asyncio.wait(running, timeout=self.shutdown_timeout)
-        else:
-            await asyncio.sleep(0)  # one turn to take the cancellation, no more
-        self._table.abandon("did not stop within the shutdown deadline")
 
     async def _ensure_started(self) -> None:
         if self._state is not _State.RUNNING:
@@ -425,7 +329,11 @@ class TaskManager:
             metadata=metadata or None,
             max_runtime=max_runtime,
         )
-        if self._sync_creations and self._keeper.connected:
+        if (
+            not self._alone
+            and self._keeper.connected
+            and (self._shared_store or self._bus.has_peers())
+        ):
             # Return once the task is visible to every instance. Concurrent creations
             # share the write; a store known to be down is not waited for (the task
             # runs and is written on reconnect), a slow one only for so long.
@@ -483,7 +391,8 @@ class TaskManager:
         """
         if timeout is not None:
             check_positive("timeout", timeout, allow_zero=True)
-        return await self._reader.result(task_id, timeout, scope_of(user_id, caller))
+        scope = None if user_id is None and caller is None else scope_of(user_id, caller)
+        return await self._reader.result(task_id, timeout, scope)
 
     async def records(
         self,

@@ -253,11 +253,13 @@ class MemoryStore:
         every = self._all
         by_status = self._by_status
         outputs = self._outputs
+        statuses: set[str] = set()
         for task_id in gone:
             rec = done.pop(task_id)
             position = order.pop(task_id)
             del at[position]
             every.departed.add(position)
+            statuses.add(rec[STATUS])
             by_status[rec[STATUS]].departed.add(position)
             if rec[USER_ID] is not None:
                 _leave(self._by_user, rec[USER_ID], position)
@@ -266,8 +268,8 @@ class MemoryStore:
             if outputs:
                 outputs.pop(task_id, None)
         every.tidy()
-        for index in by_status.values():
-            index.tidy()
+        for status in statuses:  # only the indexes these left
+            by_status[status].tidy()
 
     # -- reads ----------------------------------------------------------------
 
