@@ -179,7 +179,7 @@ async def op_await_result(tm: TaskManager, cmd: dict[str, Any]) -> dict[str, Any
 
 async def op_read_output(tm: TaskManager, cmd: dict[str, Any]) -> dict[str, Any]:
     chunks = await tm.read_output(
-        cmd["task_id"], int(cmd.get("after", 0)), int(cmd.get("limit", 1000))
+        cmd["task_id"], after=int(cmd.get("after", 0)), limit=int(cmd.get("limit", 1000))
     )
     return {"chunks": [[c.seq, c.data, c.at] for c in chunks]}
 

@@ -425,9 +425,9 @@ class TaskManager:
     async def read_output(
         self,
         task_id: str,
+        *,
         after: int = 0,
         limit: int = 1000,
-        *,
         user_id: str | None = None,
         caller: Caller | None = None,
     ) -> list[OutputChunk]:
