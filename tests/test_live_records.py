@@ -160,3 +160,23 @@ def test_finished_changes_exactly_the_fields_of_an_end() -> None:
             live.ERROR: error,
         },
     )
+
+
+def test_a_new_row_is_the_row_of_a_new_running_record() -> None:
+    rec = TaskRecord(
+        "t",
+        name="n",
+        item_id="i",
+        user_id="u",
+        channel_id="c",
+        platform="p",
+        instance_id="o",
+        created_at=5.0,
+        started_at=5.0,
+        updated_at=5.0,
+        metadata={"k": 1},
+        max_runtime=9.0,
+    )
+    row = live.new_row("t", "n", "i", "u", "c", "p", "o", 5.0, {"k": 1}, 9.0)
+    assert row == from_record(rec)
+    assert snapshot(row) == rec

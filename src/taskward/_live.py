@@ -56,6 +56,7 @@ __all__ = [
     "event_of",
     "finished",
     "from_record",
+    "new_row",
     "outcome",
     "replace",
     "snapshot",
@@ -95,6 +96,47 @@ METADATA: Final = 16
 REDIRECT: Final = 17
 STOP_REQUESTED_AT: Final = 18
 MAX_RUNTIME: Final = 19
+
+
+def new_row(
+    task_id: str,
+    name: str,
+    item_id: str | None,
+    user_id: str | None,
+    channel_id: str,
+    platform: str,
+    instance_id: str,
+    now: float,
+    metadata: dict[str, Any] | None,
+    max_runtime: float | None,
+) -> Live:
+    """The first row of a task starting now: running, nothing else happened yet.
+
+    Spelled out in position order (every task makes one; a test checks it against
+    `from_record` of the same `TaskRecord`).
+    """
+    return (
+        task_id,
+        V_RUNNING,
+        name,
+        item_id,
+        user_id,
+        channel_id,
+        platform,
+        instance_id,
+        now,  # created
+        now,  # started
+        now,  # updated
+        None,  # finished
+        None,  # result
+        None,  # error
+        None,  # progress
+        None,  # progress message
+        metadata,
+        None,  # redirect
+        None,  # stop requested
+        max_runtime,
+    )
 
 
 def replace(row: Live, changes: Mapping[int, Any]) -> Live:

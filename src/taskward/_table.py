@@ -21,19 +21,11 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from ._context import current
 from ._live import (
-    CHANNEL_ID,
-    CREATED_AT,
-    FIELDS,
     FINISHED_AT,
-    INSTANCE_ID,
     ITEM_ID,
-    MAX_RUNTIME,
-    METADATA,
     NAME,
-    PLATFORM,
     PROGRESS,
     PROGRESS_MESSAGE,
-    STARTED_AT,
     STATUS,
     STOP_REQUESTED_AT,
     TASK_ID,
@@ -46,6 +38,7 @@ from ._live import (
     V_RUNNING,
     Live,
     finished,
+    new_row,
     replace,
     snapshot,
 )
@@ -64,9 +57,6 @@ logger = logging.getLogger(__name__)
 
 MAX_PROGRESS_MESSAGE = 1_000
 STOP_REASON = "stopped on request"
-
-# A new task's row before its own fields are filled in (see `LocalTable.start`).
-_NEW_ROW: tuple[Any, ...] = (None,) * len(FIELDS)
 
 
 class Writes(Protocol):
@@ -155,19 +145,18 @@ class LocalTable:
     ) -> Live:
         """Run `coro` as the task `task_id` (its arguments already checked)."""
         now = time.time()
-        fields = list(_NEW_ROW)
-        fields[TASK_ID] = task_id
-        fields[STATUS] = V_RUNNING
-        fields[NAME] = name
-        fields[ITEM_ID] = item_id
-        fields[USER_ID] = user_id
-        fields[CHANNEL_ID] = channel_id
-        fields[PLATFORM] = platform
-        fields[INSTANCE_ID] = self.instance_id
-        fields[CREATED_AT] = fields[STARTED_AT] = fields[UPDATED_AT] = now
-        fields[METADATA] = metadata
-        fields[MAX_RUNTIME] = max_runtime
-        self.rows[task_id] = row = tuple(fields)
+        self.rows[task_id] = row = new_row(
+            task_id,
+            name,
+            item_id,
+            user_id,
+            channel_id,
+            platform,
+            self.instance_id,
+            now,
+            metadata,
+            max_runtime,
+        )
         run = _run(self, task_id, coro, max_runtime)
         self._coros[task_id] = coro
         self._runs[task_id] = run
