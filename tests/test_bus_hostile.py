@@ -402,3 +402,29 @@ async def test_a_flood_of_garbage_changes_nothing(
     record = await b.get_record(target)
     assert record is not None and record.stop_requested_at is not None
     assert_quietly_ignored(caplog, expected)
+
+
+async def test_without_a_secret_a_forged_event_still_answers_no_stop(
+    start_manager: ManagerFactory, keys: Keys, redis_client: redis.asyncio.Redis
+) -> None:
+    """Unsigned events are accepted without a secret, so a forged `finished` event
+    does wake B's stop: the answer still comes from the record as the store holds
+    it, which says the task runs on."""
+    a = await start_manager("open-a", stop_timeout=2.0)
+    b = await start_manager("open-b", stop_timeout=2.0)
+    started, refused, release = asyncio.Event(), asyncio.Event(), asyncio.Event()
+    task_id = await a.create_task(obstinate(started, refused, release))
+    await started.wait()
+    try:
+        stopper = asyncio.create_task(b.stop_task(task_id))
+        await refused.wait()  # B listens for the task's finish from before its command
+        body = compact([finished_event(task_id)])
+        for _ in range(3):  # woken again and again: each wake-up costs a read, no more
+            await redis_client.publish(keys.events, f"mallory\n{body}")
+            await asyncio.sleep(0.05)
+        result = await stopper
+        assert result.outcome is StopOutcome.PENDING, result
+        assert result.status is TaskStatus.RUNNING
+    finally:
+        release.set()
+    assert (await b.wait(task_id, timeout=STREAM_WAIT)).status is TaskStatus.COMPLETED
