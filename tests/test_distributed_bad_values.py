@@ -19,6 +19,8 @@ from taskward import StopOutcome, TaskFailed, TaskManager, TaskStatus, emit, rep
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from distributed_helpers import ManagerFactory, WorkerPool
+
 pytestmark = pytest.mark.redis
 
 
@@ -169,3 +171,22 @@ async def test_metadata_that_does_not_encode_is_refused_at_creation(
     with pytest.raises(ValueError, match="metadata"):
         await owner.create_task(coro, metadata={"when": object()})
     assert inspect.getcoroutinestate(coro) == inspect.CORO_CLOSED  # nothing half-started
+
+
+async def test_an_instance_process_writes_on_after_a_result_that_does_not_encode(
+    pool: WorkerPool, start_manager: ManagerFactory
+) -> None:
+    """The owner is another process: its unencodable result and its lone surrogate
+    are read here as it recorded them, and it goes on writing tasks after them."""
+    worker = await pool.launch("poisoned-worker")
+    here = await start_manager("reader")
+    bad = await worker.create("unencodable")
+    odd = await worker.create("surrogate")
+    rec = await here.wait(bad, timeout=10)
+    assert rec.status is TaskStatus.FAILED and rec.error is not None
+    assert rec.error.type == "ValueNotEncodable" and "tuple" in rec.error.message
+    assert await here.result(odd, timeout=10) == "report-\ufffd.txt"
+    later = await worker.burst(20, "noop", result="fine")
+    assert [await here.result(t, timeout=10) for t in later] == ["fine"] * 20
+    running = await worker.create("sleep", seconds=30)
+    assert (await here.stop_task(running)).outcome is StopOutcome.CANCELLED
