@@ -119,3 +119,21 @@ def test_a_store_url_of_an_unknown_scheme_names_the_schemes() -> None:
         TaskManager(store="postgres://localhost/db")
     with pytest.raises(ValueError, match="not both"):
         TaskManager(redis="redis://localhost", store="memory://")
+
+
+async def test_instances_and_counts_through_the_manager(
+    make_manager: Callable[..., TaskManager], redis_url: str, key_prefix: str
+) -> None:
+    a = make_manager(store=redis_url, prefix=key_prefix, instance_id="inst-a")
+    b = make_manager(store=redis_url, prefix=key_prefix, instance_id="inst-b")
+    release = asyncio.Event()
+    running = await a.create_task(blocked(release), caller=ANA)
+    await a.result(await a.create_task(value(1), caller=ANA))
+    counts = await b.counts()
+    assert counts[TaskStatus.RUNNING] == 1 and counts[TaskStatus.COMPLETED] == 1
+    assert set(counts) == set(TaskStatus)
+    seen = {i.instance_id: i for i in await b.instances()}
+    assert seen["inst-a"].alive and seen["inst-a"].running == 1
+    assert seen["inst-b"].alive and seen["inst-b"].running == 0
+    release.set()
+    await b.wait(running, timeout=5)

@@ -27,6 +27,7 @@ from .errors import TaskTimeout as TaskTimeout
 from .errors import TaskwardError as TaskwardError
 from .errors import ValueNotEncodable as ValueNotEncodable
 from .manager import TaskManager as TaskManager
+from .stores.base import InstanceInfo as InstanceInfo
 from .stores.base import Page as Page
 from .stores.base import Retention as Retention
 
@@ -36,6 +37,7 @@ __all__ = (
     "TERMINAL",
     "Caller",
     "EventStream",
+    "InstanceInfo",
     "ManagerClosed",
     "MaxRuntimeExceeded",
     "OutputChunk",

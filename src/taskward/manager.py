@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     from ._pulse import Pulse
     from ._records import OutputChunk, StopResult, TaskRecord
     from .bus.base import Bus
-    from .stores.base import Store
+    from .stores.base import InstanceInfo, Store
 
 __all__ = ["TaskManager"]
 
@@ -584,6 +584,17 @@ class TaskManager:
         )
 
     # -- introspection -------------------------------------------------------------------
+
+    async def instances(self) -> list[InstanceInfo]:
+        """Every instance the store knows: alive or not, running tasks, last heartbeat."""
+        await self._ensure_started()
+        return await self._store.instances()
+
+    async def counts(self) -> dict[TaskStatus, int]:
+        """Tasks by status, every status present (from the store's indexes, not a scan)."""
+        await self._ensure_started()
+        await self._flusher.sync()
+        return await self._store.counts()
 
     @property
     def closed(self) -> bool:
