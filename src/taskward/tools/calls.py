@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from .._records import TaskRecord
     from ..manager import TaskManager
 
-__all__ = ["await_result", "execute", "get_result", "list_tasks", "lookup"]
+__all__ = ["await_result", "execute", "get_result", "list_tasks", "lookup", "usable_task_id"]
 
 
 def _caller(user_id: str | None) -> Caller | None:
@@ -46,7 +46,7 @@ async def await_result(
     """Like `get_result`, after waiting up to `timeout` seconds for the task to finish."""
     check_positive("timeout", timeout, allow_zero=True)
     caller = _caller(user_id)
-    if not _usable(task_id):
+    if not usable_task_id(task_id):
         return env.not_found_envelope(task_id)
     try:
         final = await manager.wait(task_id, timeout, caller=caller)
@@ -77,12 +77,12 @@ async def list_tasks(
 async def lookup(manager: TaskManager, task_id: object, user_id: str | None) -> TaskRecord | None:
     """The record a model asked for, or None; an empty `user_id` means no user."""
     caller = _caller(user_id)
-    if not _usable(task_id):
+    if not usable_task_id(task_id):
         return None
     return await manager.get_record(task_id, caller=caller)
 
 
-def _usable(task_id: object) -> TypeGuard[str]:
+def usable_task_id(task_id: object) -> TypeGuard[str]:
     """Whether a model's task id can name a task: its garbage is simply not found."""
     try:
         check_id(task_id, "task_id")
