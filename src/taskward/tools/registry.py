@@ -148,10 +148,11 @@ class ToolRegistry:
         try:
             kwargs = found.bind(_parse_arguments(arguments))
         except ToolArgumentsError as exc:
+            message = f"fix the arguments listed in fields and call {found.name} again"
             return env.rejected_envelope(
-                found.name, "invalid_arguments", str(exc), fields=exc.fields
+                found.name, "invalid_arguments", message, fields=exc.fields
             )
-        except ValueError as exc:
+        except (ValueError, TypeError) as exc:
             return env.rejected_envelope(found.name, "invalid_json", str(exc))
         manager, user_id = context.manager, context.caller.user_id
         if found.no_background:
