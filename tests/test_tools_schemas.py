@@ -63,7 +63,7 @@ def registry() -> ToolRegistry:
 
 
 def by_name(schemas: list[dict[str, Any]], key: str = "name") -> dict[str, dict[str, Any]]:
-    return {(s["function"] if "function" in s else s)[key]: s for s in schemas}
+    return {s.get("function", s)[key]: s for s in schemas}
 
 
 def check_valid_schema(schema: dict[str, Any]) -> None:
@@ -161,7 +161,10 @@ def test_strict_schema_refuses_a_root_that_is_not_an_object() -> None:
         "required": [],
         "additionalProperties": False,
     }
-    unresolvable = {"type": "object", "properties": {"x": {"$ref": "#/nowhere", "description": "d"}}}
+    unresolvable = {
+        "type": "object",
+        "properties": {"x": {"$ref": "#/nowhere", "description": "d"}},
+    }
     assert strict_schema({**unresolvable, "required": ["x"]}, frozenset()) is None
 
 
@@ -178,7 +181,8 @@ def test_openai_responses(registry: ToolRegistry) -> None:
 def test_anthropic(registry: ToolRegistry) -> None:
     adapter = pydantic.TypeAdapter(ToolParam)
     for schema in registry.schemas("anthropic"):
-        assert adapter.validate_python(schema) == schema
+        validated: Any = adapter.validate_python(schema)
+        assert validated == schema
         assert set(schema) <= {"name", "description", "input_schema"}
         check_valid_schema(schema["input_schema"])
         assert schema["input_schema"] == registry.get(schema["name"]).parameters  # type: ignore[union-attr]

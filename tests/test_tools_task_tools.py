@@ -11,9 +11,8 @@ import pytest
 
 from helpers import forever
 from taskward import Caller, TaskManager, TaskStatus, report_progress
-from taskward.tools import ToolContext, ToolRegistry
+from taskward.tools import ToolContext, ToolRegistry, task_tools
 from taskward.tools import envelopes as env
-from taskward.tools import task_tools
 from taskward.tools.task_tools import MAX_CHECK_WAIT, StatusName
 
 if TYPE_CHECKING:
@@ -146,9 +145,7 @@ async def test_stop_task_answers_the_confirmed_outcome(
     assert (again["outcome"], again["status"]) == ("already_finished", "cancelled")
 
 
-async def test_list_tasks_filters_limits_and_hints(
-    tm: TaskManager, registry: ToolRegistry
-) -> None:
+async def test_list_tasks_filters_limits_and_hints(tm: TaskManager, registry: ToolRegistry) -> None:
     ctx = ToolContext(tm, ANA)
     running = [await tm.create_task(forever(), caller=ANA, name="wait") for _ in range(3)]
     done = await tm.create_task(asyncio.sleep(0, "ok"), caller=ANA, name="quick")
