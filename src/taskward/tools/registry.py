@@ -15,9 +15,9 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any, overload
 
 from .._context import current_task_id
-from . import envelopes as env
 from .context import ToolContext
 from .definition import Tool, ToolArgumentsError, ToolFunction, define
+from .envelopes import rejected_envelope
 from .schemas import FORMATS, tool_schema
 from .task_tools import TASK_TOOLS
 
@@ -139,7 +139,7 @@ class ToolRegistry:
             raise TypeError(f"context must be a ToolContext, not {type(context).__name__}")
         found = self._tools.get(name)
         if found is None:
-            return env.rejected_envelope(
+            return rejected_envelope(
                 name,
                 "unknown_tool",
                 f"no tool named {name!r}; call one of the tools listed",
@@ -149,11 +149,9 @@ class ToolRegistry:
             kwargs = found.bind(_parse_arguments(arguments))
         except ToolArgumentsError as exc:
             message = f"fix the arguments listed in fields and call {found.name} again"
-            return env.rejected_envelope(
-                found.name, "invalid_arguments", message, fields=exc.fields
-            )
+            return rejected_envelope(found.name, "invalid_arguments", message, fields=exc.fields)
         except (ValueError, TypeError) as exc:
-            return env.rejected_envelope(found.name, "invalid_json", str(exc))
+            return rejected_envelope(found.name, "invalid_json", str(exc))
         manager, user_id = context.manager, context.caller.user_id
         if found.no_background:
             inline = context if context.task_id is None else replace(context, task_id=None)

@@ -17,9 +17,9 @@ from pydantic import Field
 
 from .._records import StopOutcome, StopResult, TaskStatus
 from ..errors import TaskNotFound, TaskTimeout
-from . import envelopes as env
 from .calls import usable_task_id
 from .context import ToolContext  # noqa: TC001 - read at runtime by the schema builder
+from .envelopes import list_envelope, not_found_envelope, record_envelope, stop_envelope
 
 if TYPE_CHECKING:
     from .definition import ToolFunction
@@ -50,7 +50,7 @@ async def check_task(
             check again.
     """
     if not usable_task_id(task_id):
-        return env.not_found_envelope(task_id)
+        return not_found_envelope(task_id)
     manager, caller = ctx.manager, ctx.caller
     note = ""
     if wait > 0:
@@ -58,18 +58,18 @@ async def check_task(
         try:
             rec = await manager.wait(task_id, waited, caller=caller)
         except TaskNotFound:
-            return env.not_found_envelope(task_id)
+            return not_found_envelope(task_id)
         except TaskTimeout:
             found = await manager.get_record(task_id, caller=caller)
             if found is None:
-                return env.not_found_envelope(task_id)
+                return not_found_envelope(task_id)
             rec, note = found, f"still running after waiting {waited:g}s"
     else:
         found = await manager.get_record(task_id, caller=caller)
         if found is None:
-            return env.not_found_envelope(task_id)
+            return not_found_envelope(task_id)
         rec = found
-    return env.record_envelope(rec, time.time(), note=note, poll_hint=True)
+    return record_envelope(rec, time.time(), note=note, poll_hint=True)
 
 
 async def list_tasks(
@@ -87,7 +87,7 @@ async def list_tasks(
     page = await ctx.manager.records(
         caller=ctx.caller, status=None if status is None else TaskStatus(status), limit=limit
     )
-    return env.list_envelope(page.records, time.time(), cursor=None, poll_hint=True)
+    return list_envelope(page.records, time.time(), cursor=None, poll_hint=True)
 
 
 async def stop_task(task_id: str, *, ctx: ToolContext) -> str:
@@ -99,9 +99,9 @@ async def stop_task(task_id: str, *, ctx: ToolContext) -> str:
         task_id: The task_id of the task to stop.
     """
     if not usable_task_id(task_id):
-        return env.stop_envelope(StopResult(task_id, StopOutcome.NOT_FOUND))
+        return stop_envelope(StopResult(task_id, StopOutcome.NOT_FOUND))
     result = await ctx.manager.stop_task(task_id, caller=ctx.caller)
-    return env.stop_envelope(result)
+    return stop_envelope(result)
 
 
 #: The task tools a registry offers unless made with ``task_tools=False``.
