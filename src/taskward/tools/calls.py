@@ -16,7 +16,15 @@ from .._ids import check_id
 from .._records import TaskError, TaskStatus
 from .._scope import Caller
 from ..errors import TaskNotFound, TaskTimeout, ValueNotEncodable
-from . import envelopes as env
+from .envelopes import (
+    background_envelope,
+    dumps,
+    error_envelope,
+    list_envelope,
+    not_found_envelope,
+    record_envelope,
+    result_text,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Coroutine
@@ -24,7 +32,7 @@ if TYPE_CHECKING:
     from .._records import TaskRecord
     from ..manager import TaskManager
 
-__all__ = ["await_result", "execute", "get_result", "list_tasks", "lookup"]
+__all__ = ["await_result", "execute", "get_result", "list_tasks", "lookup", "usable_task_id"]
 
 
 def _caller(user_id: str | None) -> Caller | None:
@@ -36,8 +44,8 @@ async def get_result(manager: TaskManager, task_id: object, user_id: str | None)
     """`check_task`: the task's status, with its result or error once terminal."""
     rec = await lookup(manager, task_id, user_id)
     if rec is None:
-        return env.not_found_envelope(task_id)
-    return env.record_envelope(rec, time.time())
+        return not_found_envelope(task_id)
+    return record_envelope(rec, time.time())
 
 
 async def await_result(
@@ -46,19 +54,19 @@ async def await_result(
     """Like `get_result`, after waiting up to `timeout` seconds for the task to finish."""
     check_positive("timeout", timeout, allow_zero=True)
     caller = _caller(user_id)
-    if not _usable(task_id):
-        return env.not_found_envelope(task_id)
+    if not usable_task_id(task_id):
+        return not_found_envelope(task_id)
     try:
         final = await manager.wait(task_id, timeout, caller=caller)
     except TaskNotFound:
-        return env.not_found_envelope(task_id)
+        return not_found_envelope(task_id)
     except TaskTimeout:
         rec = await manager.get_record(task_id, caller=caller)
         if rec is None:
-            return env.not_found_envelope(task_id)
+            return not_found_envelope(task_id)
         note = f"still running after waiting {timeout:g}s"
-        return env.record_envelope(rec, time.time(), note=note)
-    return env.record_envelope(final, time.time())
+        return record_envelope(rec, time.time(), note=note)
+    return record_envelope(final, time.time())
 
 
 async def list_tasks(
@@ -71,18 +79,18 @@ async def list_tasks(
     page = await manager.records(
         caller=_caller(user_id), item_id=item_id or None, status=status or None
     )
-    return env.list_envelope(page.records, time.time(), cursor=page.cursor)
+    return list_envelope(page.records, time.time(), cursor=page.cursor)
 
 
 async def lookup(manager: TaskManager, task_id: object, user_id: str | None) -> TaskRecord | None:
     """The record a model asked for, or None; an empty `user_id` means no user."""
     caller = _caller(user_id)
-    if not _usable(task_id):
+    if not usable_task_id(task_id):
         return None
     return await manager.get_record(task_id, caller=caller)
 
 
-def _usable(task_id: object) -> TypeGuard[str]:
+def usable_task_id(task_id: object) -> TypeGuard[str]:
     """Whether a model's task id can name a task: its garbage is simply not found."""
     try:
         check_id(task_id, "task_id")
@@ -121,12 +129,12 @@ async def execute(
     except TaskTimeout:
         rec = await manager.get_record(task_id)
     if rec is None:
-        return env.not_found_envelope(task_id)
+        return not_found_envelope(task_id)
     if rec.status is TaskStatus.RUNNING:
-        return env.background_envelope(rec, wait_for)
+        return background_envelope(rec, wait_for)
     if rec.status is TaskStatus.COMPLETED:
-        return env.result_text(rec.result)
-    return env.error_envelope(rec)
+        return result_text(rec.result)
+    return error_envelope(rec)
 
 
 async def _inline(manager: TaskManager, coro: Coroutine[Any, Any, Any], tool_name: str) -> str:
@@ -134,13 +142,13 @@ async def _inline(manager: TaskManager, coro: Coroutine[Any, Any, Any], tool_nam
     if not is_coroutine(coro):
         raise TypeError(f"execute needs a coroutine, not {type(coro).__name__}")
     try:
-        return env.result_text(manager.encoder.value(await coro, "result"))
+        return result_text(manager.encoder.value(await coro, "result"))
     except Exception as exc:  # noqa: BLE001 - the tool loop gets an envelope, never a raise
         error = TaskError.from_exception(exc)
         if not isinstance(exc, ValueNotEncodable):
             error = TaskError(
                 error.type, manager.encoder.text(error.message, "error", truncate=True)
             )
-        return env.dumps(
+        return dumps(
             {"status": TaskStatus.FAILED.value, "tool": tool_name, "error": error.to_dict()}
         )
