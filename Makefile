@@ -39,6 +39,7 @@ bench: $(STAMP) $(BENCH_STAMP)
 	$(BIN)/python bench/stop_latency.py $(BENCH_ARGS)
 	$(BIN)/python bench/liveness.py $(BENCH_ARGS)
 	$(BIN)/python bench/listing.py --redis
+	$(BIN)/python bench/tool_calls.py
 
 bench-quick: $(STAMP) $(BENCH_STAMP)
 	$(BIN)/python bench/lifecycle.py --sizes 10000 --repeat 2
@@ -47,6 +48,7 @@ bench-quick: $(STAMP) $(BENCH_STAMP)
 	$(BIN)/python bench/stop_latency.py --quick $(BENCH_ARGS)
 	$(BIN)/python bench/liveness.py --quick $(BENCH_ARGS)
 	$(BIN)/python bench/listing.py --quick
+	$(BIN)/python bench/tool_calls.py --repeat 2
 
 example: $(STAMP)
 	$(BIN)/python examples/quickstart.py
