@@ -300,6 +300,7 @@ class Deliverer:
             for task in list(self._inflight):
                 task.cancel()
             await asyncio.gather(*self._inflight, return_exceptions=True)
-        for adapter in self._made.values():
+        # The adapters given to the manager are its own too: closed with it.
+        for adapter in [*self._given.values(), *self._made.values()]:
             await adapter.aclose()
         self._made.clear()
