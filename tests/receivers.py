@@ -59,6 +59,7 @@ class Receiver:
     def __init__(self, default: Answer | None = None) -> None:
         self.default = default or Answer()
         self.requests: list[Received] = []
+        self.statuses: list[int] = []  # the status each request was answered with, in order
         self._answers: list[Answer] = []
         self._lock = threading.Lock()
         receiver = self
@@ -104,7 +105,9 @@ class Receiver:
     def _take(self, got: Received) -> Answer:
         with self._lock:
             self.requests.append(got)
-            return self._answers.pop(0) if self._answers else self.default
+            answer = self._answers.pop(0) if self._answers else self.default
+            self.statuses.append(answer.status)
+            return answer
 
     def script(self, *answers: Answer) -> None:
         with self._lock:

@@ -150,7 +150,7 @@ async def test_bad_arguments_are_refused(
     with pytest.raises(ValueError, match="at least"):
         await tm.set_output_redirect(task_id, "c", "webhook", 10, caller=ANA)
     with pytest.raises(TypeError):
-        await tm.set_output_redirect(task_id, "c", "webhook", True, caller=ANA)  # type: ignore[arg-type]
+        await tm.set_output_redirect(task_id, "c", "webhook", True, caller=ANA)
     with pytest.raises(ValueError):
         await tm.set_output_redirect(task_id, "bad channel", "webhook", caller=ANA)
     with pytest.raises(TypeError):
