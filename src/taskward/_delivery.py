@@ -157,7 +157,7 @@ class Deliverer:
         adapters: Mapping[str, PlatformAdapter] | None,
         delivery_timeout: float,
         attempt_timeout: float,
-        concurrency: int = 64,
+        concurrency: int = 32,
     ) -> None:
         self._store = store
         self._given = dict(adapters or {})
