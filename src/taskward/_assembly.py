@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 
     from ._delivery import PlatformAdapter
     from ._encoding import ValueEncoder
+    from ._live import Live
     from ._records import TaskEvent
     from .bus.base import Bus
     from .stores.base import Store
@@ -106,15 +107,19 @@ def assemble(
         stop_timeout=stop_timeout,
         remote_store=not in_process,
     )
-    flusher.bind(
-        written=table.forget, unavailable=keeper.set_disconnected, unwritable=table.unwritable
-    )
     deliverer = Deliverer(
         store,
         adapters=redirect_adapters,
         delivery_timeout=delivery_timeout,
         attempt_timeout=delivery_attempt_timeout,
     )
+
+    def written(rows: list[Live]) -> None:
+        table.forget(rows)
+        if reader.redirects_among(rows):  # their deliveries were enqueued by this write
+            deliverer.kick()
+
+    flusher.bind(written=written, unavailable=keeper.set_disconnected, unwritable=table.unwritable)
 
     def on_command(command: dict[str, Any]) -> None:
         if command.get("op") == "redirect":  # a redirect set elsewhere on a task of ours

@@ -168,6 +168,8 @@ class Deliverer:
         self._concurrency = concurrency
         self._inflight: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
+        self._kicked = False  # kick() since the last claim
+        self._refill = False  # the last claim took every free slot
         self._loop_task: asyncio.Task[None] | None = None
 
     def knows(self, platform: str) -> bool:
@@ -202,6 +204,7 @@ class Deliverer:
 
     def kick(self) -> None:
         """Look for due deliveries now (one may just have been enqueued)."""
+        self._kicked = True
         self._wake.set()
 
     async def _run(self) -> None:
@@ -221,16 +224,32 @@ class Deliverer:
                 self._inflight.add(task)
                 task.add_done_callback(self._attempt_done)
             if claimed and len(claimed) == free:
-                continue  # more may be due
-            try:
-                async with asyncio.timeout(POLL_INTERVAL):
+                # More may be due: claim again once half the slots are free (one
+                # claim per batch, not per finished attempt), or when kicked.
+                self._refill = True
+            await self._nap()
+
+    async def _nap(self) -> None:
+        """Wait for a kick, for half the slots to be free after a claim that filled them
+        (more may be due), or for the next poll (a retry falling due, another instance's
+        enqueue)."""
+        try:
+            async with asyncio.timeout(POLL_INTERVAL):
+                while True:
                     await self._wake.wait()
-            except TimeoutError:
-                pass
+                    self._wake.clear()
+                    if self._kicked:
+                        break
+                    if self._refill and len(self._inflight) <= self._concurrency // 2:
+                        break
+        except TimeoutError:
+            pass
+        self._refill = self._kicked = False
 
     def _attempt_done(self, task: asyncio.Task[None]) -> None:
         self._inflight.discard(task)
-        self._wake.set()  # a slot is free
+        if self._refill:
+            self._wake.set()  # a slot is free, and more may be due
         if not task.cancelled() and (exc := task.exception()) is not None:
             logger.error("a delivery attempt failed to record its outcome: %s", exc)
 

@@ -14,7 +14,7 @@ from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
 from ._ids import check_id
-from ._live import RESULT, STATUS, USER_ID, V_COMPLETED, V_RUNNING, outcome
+from ._live import RESULT, STATUS, TASK_ID, USER_ID, V_COMPLETED, V_RUNNING, outcome
 from ._records import TaskStatus
 from .errors import StoreUnavailable, TaskFailed, TaskNotFound, TaskTimeout
 from .stores.base import InProcessStore
@@ -80,6 +80,13 @@ class Reader:
         if rec is None or (user_id is not None and rec.user_id != user_id):
             return None
         return rec
+
+    def redirects_among(self, rows: list[Live]) -> bool:
+        """Whether a terminal row among `rows` is of a task redirected through here."""
+        redirected = self._redirected
+        return bool(redirected) and any(
+            row[TASK_ID] in redirected for row in rows if row[STATUS] != V_RUNNING
+        )
 
     async def lookup(self, task_id: str, user_id: str | None) -> TaskRecord | None:
         """The task's record, fresh (local or from the store); None if not visible."""

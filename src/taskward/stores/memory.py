@@ -35,6 +35,7 @@ would pay for.
 
 from __future__ import annotations
 
+import heapq
 import time
 import uuid
 from bisect import bisect_left, insort
@@ -153,6 +154,9 @@ class MemoryStore:
         # The delivery queue: deliveries by id, and when each is due (Unix time).
         self._deliveries: dict[str, Delivery] = {}
         self._due: dict[str, float] = {}
+        # (due, id) of every due time given; an entry whose time is no longer the
+        # delivery's (retried, claimed, ended) is skipped when it comes up.
+        self._due_heap: list[tuple[float, str]] = []
 
     def __len__(self) -> int:
         """Records kept, running and terminal."""
@@ -500,9 +504,13 @@ class MemoryStore:
             row[ITEM_ID],
             row[FINISHED_AT],
         )
-        self._due[delivery_id] = at
+        self._set_due(delivery_id, at)
         rd = {**rd, "delivery_id": delivery_id, "state": "pending", "enqueued_at": at}
         return replace(row, {REDIRECT: rd})
+
+    def _set_due(self, delivery_id: str, at: float) -> None:
+        self._due[delivery_id] = at
+        heapq.heappush(self._due_heap, (at, delivery_id))
 
     def _record_delivery(self, delivery: Delivery, **state: Any) -> None:
         """Write a delivery's state on its record's redirect, if that still names it."""
@@ -514,16 +522,21 @@ class MemoryStore:
             self._done[delivery.task_id] = replace(row, {REDIRECT: {**rd, **state}})
 
     async def claim_deliveries(self, now: float, lease: float, limit: int) -> list[Delivery]:
-        due = sorted((at, i) for i, at in self._due.items() if at <= now)[:limit]
+        heap = self._due_heap
+        due: list[str] = []
+        while heap and heap[0][0] <= now and len(due) < limit:
+            at, delivery_id = heapq.heappop(heap)
+            if self._due.get(delivery_id) == at and delivery_id not in due:
+                due.append(delivery_id)
         claimed: list[Delivery] = []
-        for _, delivery_id in due:
+        for delivery_id in due:
             delivery = changed(
                 self._deliveries[delivery_id],
                 attempts=self._deliveries[delivery_id].attempts + 1,
                 token=uuid.uuid4().hex,
             )
             self._deliveries[delivery_id] = delivery
-            self._due[delivery_id] = now + lease
+            self._set_due(delivery_id, now + lease)
             self._record_delivery(delivery, attempts=delivery.attempts)
             claimed.append(delivery)
         return claimed
@@ -536,7 +549,7 @@ class MemoryStore:
         if not self._holds(delivery):
             return False
         self._deliveries[delivery.delivery_id] = changed(delivery, token="")
-        self._due[delivery.delivery_id] = due
+        self._set_due(delivery.delivery_id, due)
         self._record_delivery(delivery, last_error=error)
         return True
 
