@@ -408,3 +408,17 @@ async def test_adapters_from_the_environment(
     with pytest.raises(ValueError):
         WebhookAdapter("http://x", "not-a-secret")
     assert "secret" not in repr(WebhookAdapter("http://x/token", SECRET)).replace("signed", "")
+
+
+async def test_an_unconfigured_platform_is_retried_then_fails_naming_what_is_missing(
+    monkeypatch: pytest.MonkeyPatch, make_manager: Callable[..., TaskManager]
+) -> None:
+    monkeypatch.delenv("TASKWARD_DISCORD_WEBHOOK_URL", raising=False)
+    tm = make_manager(delivery_timeout=1.2)
+    task_id = await tm.create_task(finish_with("x"), caller=ANA)
+    await tm.set_output_redirect(task_id, "c", "discord", caller=ANA)
+    state = await settled(tm, task_id)
+    assert state["state"] == "failed" and state["attempts"] >= 2
+    assert "no adapter here: the discord platform needs an execute-webhook URL" in (
+        state["last_error"]
+    )

@@ -254,20 +254,35 @@ class Deliverer:
             logger.error("a delivery attempt failed to record its outcome: %s", exc)
 
     async def _attempt(self, delivery: Delivery) -> None:
-        adapter = self.adapter(delivery.platform)
-        if adapter is None:
-            await self._end(delivery, False, f"no adapter for platform {delivery.platform!r}")
-            return
+        try:
+            adapter = self.adapter(delivery.platform)
+        except (ValueError, ImportError) as exc:
+            # Not configured here (its environment variables, or httpx): another
+            # instance may be, so this is retried like any transient failure.
+            adapter, result = None, DeliveryResult.retry(f"no adapter here: {exc}")
+        else:
+            if adapter is None:
+                error = f"no adapter for platform {delivery.platform!r}"
+                await self._end(delivery, False, error)
+                return
+        if adapter is not None:
+            result = await self._send(adapter, delivery)
+        await self._settle(delivery, result)
+
+    async def _send(self, adapter: PlatformAdapter, delivery: Delivery) -> DeliveryResult:
         message = RedirectMessage(delivery, cut_text(render(delivery), delivery.max_chars))
         try:
             async with asyncio.timeout(self._attempt_timeout):
-                result = await adapter.deliver(message)
+                return await adapter.deliver(message)
         except TimeoutError:
-            result = DeliveryResult.retry(f"no answer within {self._attempt_timeout:g} s")
+            return DeliveryResult.retry(f"no answer within {self._attempt_timeout:g} s")
         except Exception as exc:  # an adapter's bug or an error it did not map
             # Its message may hold a URL with a token: the type only, the rest in the log.
             logger.exception("the %r adapter raised", delivery.platform)
-            result = DeliveryResult.retry(f"the adapter raised {type(exc).__name__}")
+            return DeliveryResult.retry(f"the adapter raised {type(exc).__name__}")
+
+    async def _settle(self, delivery: Delivery, result: DeliveryResult) -> None:
+        """Record an attempt's outcome: delivered, failed, or due again after a backoff."""
         now = time.time()
         if result.ok:
             await self._end(delivery, True, None)
