@@ -419,6 +419,7 @@ async def test_an_unconfigured_platform_is_retried_then_fails_naming_what_is_mis
     await tm.set_output_redirect(task_id, "c", "discord", caller=ANA)
     state = await settled(tm, task_id)
     assert state["state"] == "failed" and state["attempts"] >= 2
-    assert "no adapter here: the discord platform needs an execute-webhook URL" in (
-        state["last_error"]
+    assert (
+        "no adapter here: the discord platform needs an execute-webhook URL"
+        in (state["last_error"])
     )
