@@ -128,6 +128,8 @@ class Worker:
         max_output: int = 1000,
         secret: str | None = None,
         retry_budget: float | None = None,
+        delivery_timeout: float = 300.0,
+        delivery_attempt_timeout: float = 10.0,
         log_level: str = "WARNING",
     ) -> Worker:
         argv = [
@@ -148,6 +150,10 @@ class Worker:
             repr(result_ttl),
             "--max-output",
             str(max_output),
+            "--delivery-timeout",
+            repr(delivery_timeout),
+            "--delivery-attempt-timeout",
+            repr(delivery_attempt_timeout),
             "--log-level",
             log_level,
         ]
@@ -284,6 +290,12 @@ class Worker:
         answer = await self.request("get", task_id=task_id, user_id=user_id)
         record: dict[str, Any] | None = answer["record"]
         return record
+
+    async def redirect(self, task_id: str, channel_id: str, platform: str, **args: Any) -> bool:
+        answer = await self.request(
+            "redirect", task_id=task_id, channel_id=channel_id, platform=platform, **args
+        )
+        return bool(answer["redirected"])
 
     async def list_records(self, **filters: Any) -> tuple[list[dict[str, Any]], str | None]:
         answer = await self.request("list", **filters)

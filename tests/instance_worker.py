@@ -4,7 +4,8 @@ Started by the distributed tests (see ``tests/distributed_helpers.py``)::
 
     python tests/instance_worker.py --redis URL --prefix P --instance-id ID \
         [--heartbeat 0.2 --liveness-ttl 1.0 --stop-timeout 5 --result-ttl 3600 \
-         --max-output 1000 --secret S --retry-budget SECONDS]
+         --max-output 1000 --secret S --retry-budget SECONDS --delivery-timeout 300 \
+         --delivery-attempt-timeout 10]
 
 It runs one `TaskManager` against the given server and prints one JSON line
 ``{"event": "ready", "instance_id": ..., "pid": ...}`` once the manager has
@@ -28,6 +29,8 @@ Ops (arguments after the op):
 - ``await_result`` task_id [timeout, user_id] -> ``text``
 - ``read_output`` task_id [after, limit] -> ``chunks`` ([seq, data, at] lists)
 - ``running_count`` -> ``count``; ``stats`` -> running, local, backlog, connected
+- ``redirect`` task_id channel_id platform [max_chars, user_id] -> ``redirected``
+  (adapters configured by the environment, e.g. ``TASKWARD_WEBHOOK_URL``)
 - ``ping`` -> {}; ``quit`` -> closes the manager, answers, exits 0
 
 EOF on stdin or SIGTERM also closes the manager and exits. Logs go to stderr.
@@ -202,6 +205,17 @@ async def op_stats(tm: TaskManager, cmd: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+async def op_redirect(tm: TaskManager, cmd: dict[str, Any]) -> dict[str, Any]:
+    done = await tm.set_output_redirect(
+        cmd["task_id"],
+        cmd["channel_id"],
+        cmd["platform"],
+        int(cmd.get("max_chars", 0)),
+        user_id=cmd.get("user_id"),
+    )
+    return {"redirected": done}
+
+
 async def op_ping(tm: TaskManager, cmd: dict[str, Any]) -> dict[str, Any]:
     return {}
 
@@ -211,6 +225,7 @@ OPS: dict[str, Callable[[TaskManager, dict[str, Any]], Awaitable[dict[str, Any]]
     "burst": op_burst,
     "stop": op_stop,
     "get": op_get,
+    "redirect": op_redirect,
     "list": op_list,
     "wait": op_wait,
     "await_result": op_await_result,
@@ -302,6 +317,8 @@ def build_manager(args: argparse.Namespace) -> tuple[TaskManager, list[Any]]:
         "stop_timeout": args.stop_timeout,
         "shutdown_grace": 0.0,
         "shutdown_timeout": 2.0,
+        "delivery_timeout": args.delivery_timeout,
+        "delivery_attempt_timeout": args.delivery_attempt_timeout,
     }
     retention: dict[str, Any] = {"result_ttl": args.result_ttl, "max_output": args.max_output}
     if args.retry_budget is None:
@@ -361,6 +378,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-output", type=int, default=1000)
     parser.add_argument("--secret", default=None)
     parser.add_argument("--retry-budget", type=float, default=None)
+    parser.add_argument("--delivery-timeout", type=float, default=300.0)
+    parser.add_argument("--delivery-attempt-timeout", type=float, default=10.0)
     parser.add_argument("--log-level", default="WARNING")
     return parser.parse_args(argv)
 

@@ -118,7 +118,6 @@ async def test_save_and_get_round_trip_every_field(
         progress=0.25,
         progress_message="a quarter",
         metadata={"k": [1, 2], "é": "ü"},
-        redirect={"channel": "c2"},
         max_runtime=30.0,
         result=None,
     )

@@ -23,6 +23,7 @@ from taskward.stores.base import (
     Store,
     WriteBatch,
     record_to_row,
+    redirect_target,
 )
 from taskward.stores.memory import MemoryStore
 
@@ -171,7 +172,6 @@ class TestStoreContract:
             progress=0.25,
             progress_message="a quarter",
             metadata={"k": [1, 2], "é": "ü"},
-            redirect={"platform": "slack", "channel_id": "C2"},
             max_runtime=30.0,
         )
         bare = rec("bare")
@@ -203,9 +203,9 @@ class TestStoreContract:
         assert await store.get_many([]) == []
 
     async def test_a_later_write_updates_and_clears_fields(self, store: Store) -> None:
-        record = rec("t", progress_message="working", redirect={"to": "x"})
+        record = rec("t", progress_message="working")
         await store.save(write([record]))
-        record.progress, record.progress_message, record.redirect = 0.5, None, None
+        record.progress, record.progress_message = 0.5, None
         await store.save(write([record]))
         assert await store.get("t") == record
 
@@ -616,3 +616,152 @@ class TestStoreContract:
 
 async def test_only_the_memory_store_answers_in_process(store: Store) -> None:
     assert isinstance(store, InProcessStore) is isinstance(store, MemoryStore)
+
+
+def target(channel: str = "C1", platform: str = "webhook", max_chars: int = 0) -> dict[str, Any]:
+    return redirect_target(channel, platform, max_chars, now())
+
+
+class TestRedirectContract:
+    """The redirect a store owns, and its delivery queue."""
+
+    async def test_save_never_writes_nor_clears_a_redirect(self, store: Store) -> None:
+        record = rec("t", user_id="u", redirect={"channel_id": "from the owner"})
+        await store.save(write([record]))
+        got = await store.get("t")
+        assert got is not None and got.redirect is None
+        answer = await store.set_redirect("t", target(), now())
+        assert answer is not None and answer.redirect is not None
+        assert answer.redirect["channel_id"] == "C1" and answer.redirect["state"] is None
+        record.redirect = None
+        record.progress = 0.5
+        await store.save(write([record]))  # the owner knows nothing of it
+        got = await store.get("t")
+        assert got is not None and got.progress == 0.5
+        assert got.redirect is not None and got.redirect["channel_id"] == "C1"
+        assert await store.pending_deliveries() == 0  # running: nothing to deliver yet
+
+    async def test_an_unknown_or_foreign_task_takes_no_redirect(self, store: Store) -> None:
+        await store.save(write([rec("t", user_id="u")]))
+        assert await store.set_redirect("missing", target(), now()) is None
+        assert await store.set_redirect("t", target(), now(), user_id="mallory") is None
+        got = await store.get("t")
+        assert got is not None and got.redirect is None
+        assert await store.set_redirect("t", target(), now(), user_id="u") is not None
+
+    async def test_a_task_ending_with_a_redirect_enqueues_its_delivery(self, store: Store) -> None:
+        record = rec("t", user_id="u", item_id="chat", name="search")
+        await store.save(write([record]))
+        await store.set_redirect("t", target("C9", "slack", 100), now())
+        done = ended(record)
+        done.result = {"answer": "é", "n": [1, 2]}
+        await store.save(write([done]))
+        assert await store.pending_deliveries() == 1
+        got = await store.get("t")
+        assert got is not None and got.redirect is not None
+        assert got.redirect["state"] == "pending" and got.redirect["delivery_id"]
+        assert got.redirect["enqueued_at"] == pytest.approx(done.finished_at)
+        [claimed] = await store.claim_deliveries(now(), 30, 10)
+        assert claimed.delivery_id == got.redirect["delivery_id"]
+        assert (claimed.task_id, claimed.channel_id, claimed.platform) == ("t", "C9", "slack")
+        assert (claimed.max_chars, claimed.attempts, claimed.status) == (100, 1, COMPLETED)
+        assert claimed.result == {"answer": "é", "n": [1, 2]}
+        assert (claimed.name, claimed.user_id, claimed.item_id) == ("search", "u", "chat")
+        assert claimed.finished_at == pytest.approx(done.finished_at)
+        assert claimed.error is None
+        again = await store.get("t")
+        assert again is not None and again.redirect is not None
+        assert again.redirect["attempts"] == 1
+
+    async def test_a_redirect_on_an_ended_task_is_enqueued_once_per_target(
+        self, store: Store
+    ) -> None:
+        failed = ended(rec("t"), FAILED)
+        failed.error = TaskError("ValueError", "no good")
+        await store.save(write([failed]))
+        first = await store.set_redirect("t", target("C1"), now())
+        assert first is not None and first.redirect is not None
+        assert first.redirect["state"] == "pending"
+        same = await store.set_redirect("t", target("C1"), now())
+        assert same is not None and same.redirect == first.redirect
+        assert await store.pending_deliveries() == 1
+        other = await store.set_redirect("t", target("C2"), now())
+        assert other is not None and other.redirect is not None
+        assert other.redirect["delivery_id"] != first.redirect["delivery_id"]
+        claimed = await store.claim_deliveries(now(), 30, 10)
+        assert sorted(d.channel_id for d in claimed) == ["C1", "C2"]
+        assert {d.status for d in claimed} == {FAILED}
+        assert {d.error for d in claimed} == {TaskError("ValueError", "no good")}
+
+    async def test_a_reaped_task_delivers_that_it_was_lost(self, store: Store) -> None:
+        await store.save(write([rec("t", instance_id="dead")]))
+        await store.set_redirect("t", target(), now())
+        [lost] = await store.reap(now())
+        assert lost.status is LOST
+        [claimed] = await store.claim_deliveries(now(), 30, 10)
+        assert claimed.status is LOST and claimed.error is not None
+        assert claimed.error.type == "TaskLost"
+
+    async def test_a_claim_is_a_lease(self, make_store: MakeStore) -> None:
+        mine, theirs = await make_store(), await make_store()
+        await mine.save(write([ended(rec("t"))]))
+        await mine.set_redirect("t", target(), now())
+        start = now()
+        [first] = await mine.claim_deliveries(start, 5, 10)
+        assert await theirs.claim_deliveries(start + 1, 5, 10) == []  # leased to mine
+        [second] = await theirs.claim_deliveries(start + 6, 5, 10)  # mine's lease ended
+        assert second.delivery_id == first.delivery_id
+        assert second.attempts == 2 and second.token != first.token
+        # The first claimer's outcome comes too late: refused, nothing changes.
+        assert not await mine.end_delivery(first, True, None, now())
+        assert not await mine.retry_delivery(first, now(), "late")
+        assert await theirs.end_delivery(second, True, None, now())
+        got = await mine.get("t")
+        assert got is not None and got.redirect is not None
+        assert got.redirect["state"] == "delivered" and got.redirect["attempts"] == 2
+        assert got.redirect["done_at"] is not None
+        assert await mine.pending_deliveries() == 0
+        assert await mine.claim_deliveries(start + 100, 5, 10) == []
+
+    async def test_a_retry_waits_until_due_and_records_the_error(self, store: Store) -> None:
+        await store.save(write([ended(rec("t"))]))
+        await store.set_redirect("t", target(), now())
+        start = now()
+        [claimed] = await store.claim_deliveries(start, 30, 10)
+        assert await store.retry_delivery(claimed, start + 10, "HTTP 503: busy")
+        assert await store.claim_deliveries(start + 9, 30, 10) == []
+        got = await store.get("t")
+        assert got is not None and got.redirect is not None
+        assert got.redirect["state"] == "pending"
+        assert got.redirect["last_error"] == "HTTP 503: busy"
+        [again] = await store.claim_deliveries(start + 10, 30, 10)
+        assert again.attempts == 2
+        assert not await store.retry_delivery(claimed, start, "stale token")
+        assert await store.end_delivery(again, False, "gave up", start + 11)
+        got = await store.get("t")
+        assert got is not None and got.redirect is not None
+        assert got.redirect["state"] == "failed" and got.redirect["last_error"] == "gave up"
+        assert got.redirect["done_at"] == pytest.approx(start + 11)
+
+    async def test_claims_take_the_oldest_due_first_within_the_limit(self, store: Store) -> None:
+        for i in range(5):
+            await store.save(write([ended(rec(f"t{i}"))]))
+            await store.set_redirect(f"t{i}", target(), 1000.0 + i)
+        first = await store.claim_deliveries(now(), 30, 2)
+        assert [d.task_id for d in first] == ["t0", "t1"]
+        rest = await store.claim_deliveries(now(), 30, 10)
+        assert [d.task_id for d in rest] == ["t2", "t3", "t4"]
+
+    async def test_a_delivery_outlives_its_record(self, make_store: MakeStore) -> None:
+        store = await make_store(max_finished=1)
+        for task_id in ("old", "new"):
+            await store.save(write([rec(task_id)]))
+            await store.set_redirect(task_id, target(), now())
+            done = ended(rec(task_id))
+            done.result = f"result of {task_id}"
+            await store.save(write([done]))
+        assert await store.get("old") is None  # trimmed by max_finished
+        claimed = await store.claim_deliveries(now(), 30, 10)
+        assert sorted(d.result for d in claimed) == ["result of new", "result of old"]
+        for delivery in claimed:
+            assert await store.end_delivery(delivery, True, None, now())

@@ -10,7 +10,7 @@ import taskward
 
 PACKAGE = Path(taskward.__file__).parent
 # Surfaces stand on the core's public API; the core never imports them at module level.
-SURFACES = ("taskward.tools", "taskward.compat")
+SURFACES = ("taskward.tools", "taskward.compat", "taskward.redirect")
 
 
 def _modules() -> dict[str, ast.Module]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from ._delivery import Deliverer
 from ._housekeeping import Housekeeper
 from ._hub import BusEndpoint, EventHub
 from ._reads import Reader
@@ -18,9 +19,12 @@ from ._table import LocalTable
 from .stores.base import InProcessStore
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Sequence
+    from collections.abc import Awaitable, Callable, Mapping, Sequence
+    from typing import Any
 
+    from ._delivery import PlatformAdapter
     from ._encoding import ValueEncoder
+    from ._live import Live
     from ._records import TaskEvent
     from .bus.base import Bus
     from .stores.base import Store
@@ -42,6 +46,7 @@ class Parts:
     reader: Reader
     stopper: Stopper
     handlers: BusEndpoint
+    deliverer: Deliverer
 
 
 def assemble(
@@ -56,6 +61,9 @@ def assemble(
     stop_timeout: float,
     heartbeat_interval: float,
     liveness_ttl: float,
+    redirect_adapters: Mapping[str, PlatformAdapter] | None,
+    delivery_timeout: float,
+    delivery_attempt_timeout: float,
 ) -> Parts:
     """The parts of an instance on `store` and `bus`; `alone`: nobody else can hear of
     its tasks; `ready()` starts the instance if it is not yet."""
@@ -99,8 +107,25 @@ def assemble(
         stop_timeout=stop_timeout,
         remote_store=not in_process,
     )
-    flusher.bind(
-        written=table.forget, unavailable=keeper.set_disconnected, unwritable=table.unwritable
+    deliverer = Deliverer(
+        store,
+        adapters=redirect_adapters,
+        delivery_timeout=delivery_timeout,
+        attempt_timeout=delivery_attempt_timeout,
     )
-    handlers = BusEndpoint(hub, stopper.on_command, keeper.reconcile_stops)
-    return Parts(flusher, hub, table, keeper, reader, stopper, handlers)
+
+    def written(rows: list[Live]) -> None:
+        table.forget(rows)
+        if reader.redirects_among(rows):  # their deliveries were enqueued by this write
+            deliverer.kick()
+
+    flusher.bind(written=written, unavailable=keeper.set_disconnected, unwritable=table.unwritable)
+
+    def on_command(command: dict[str, Any]) -> None:
+        if command.get("op") == "redirect":  # a redirect set elsewhere on a task of ours
+            reader.note_redirect(str(command.get("task_id")))
+        else:
+            stopper.on_command(command)
+
+    handlers = BusEndpoint(hub, on_command, keeper.reconcile_stops)
+    return Parts(flusher, hub, table, keeper, reader, stopper, handlers, deliverer)

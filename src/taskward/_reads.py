@@ -10,10 +10,11 @@ slow re-read as a safety net for a lost event.
 from __future__ import annotations
 
 import asyncio
+from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
 from ._ids import check_id
-from ._live import RESULT, STATUS, USER_ID, V_COMPLETED, V_RUNNING, outcome
+from ._live import RESULT, STATUS, TASK_ID, USER_ID, V_COMPLETED, V_RUNNING, outcome
 from ._records import TaskStatus
 from .errors import StoreUnavailable, TaskFailed, TaskNotFound, TaskTimeout
 from .stores.base import InProcessStore
@@ -33,6 +34,9 @@ __all__ = ["WAIT_POLL", "Reader"]
 # A wait for another instance's task re-reads the store this often (s), in case
 # its `finished` event was lost.
 WAIT_POLL = 2.0
+# Ids of tasks with a redirect that a reader remembers (their records are read
+# from the store, which owns the redirect and its delivery state).
+REDIRECTED_LIMIT = 10_000
 
 
 class Reader:
@@ -55,6 +59,15 @@ class Reader:
         self._in_process: InProcessStore | None = (
             store if isinstance(store, InProcessStore) else None
         )
+        self._redirected: OrderedDict[str, None] = OrderedDict()
+
+    def note_redirect(self, task_id: str) -> None:
+        """A redirect was set on this task: this instance's copies of its record do not
+        carry it (the store owns it), so `lookup` reads the store's."""
+        self._redirected[task_id] = None
+        self._redirected.move_to_end(task_id)
+        while len(self._redirected) > REDIRECTED_LIMIT:
+            self._redirected.popitem(last=False)
 
     def peek(self, task_id: str, user_id: str | None) -> TaskRecord | None:
         """The record if it can be had without I/O (local, or an in-process store).
@@ -68,9 +81,19 @@ class Reader:
             return None
         return rec
 
+    def redirects_among(self, rows: list[Live]) -> bool:
+        """Whether a terminal row among `rows` is of a task redirected through here."""
+        redirected = self._redirected
+        return bool(redirected) and any(
+            row[TASK_ID] in redirected for row in rows if row[STATUS] != V_RUNNING
+        )
+
     async def lookup(self, task_id: str, user_id: str | None) -> TaskRecord | None:
         """The task's record, fresh (local or from the store); None if not visible."""
-        rec = self.peek(task_id, None)
+        if task_id in self._redirected:
+            rec = self._in_process.peek(task_id) if self._in_process is not None else None
+        else:
+            rec = self.peek(task_id, None)
         if rec is None and self._in_process is None:
             try:
                 rec = await self._store.get(task_id)

@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import time
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Self
 
 from ._assembly import assemble
@@ -28,13 +30,15 @@ from ._ids import check_id, check_optional_id, default_instance_id, new_task_id
 from ._records import TaskStatus
 from ._scope import Caller, scope_of
 from ._sync import SYNC_TIMEOUT, cancel_and_wait
+from ._truncate import MIN_LIMIT
 from .errors import ManagerClosed, StoreUnavailable, TaskIdInUse, TaskNotFound
-from .stores.base import InProcessStore, Page, retention_of
+from .stores.base import InProcessStore, Page, redirect_target, retention_of
 
 if TYPE_CHECKING:
     from collections.abc import Coroutine, Iterable
     from types import TracebackType
 
+    from ._delivery import PlatformAdapter
     from ._encoding import EncoderHook
     from ._events import EventStream
     from ._pulse import Pulse
@@ -107,6 +111,9 @@ class TaskManager:
         max_value_size: int = DEFAULT_MAX_VALUE_SIZE,
         socket_timeout: float | None = None,
         connect_timeout: float | None = None,
+        redirect_adapters: Mapping[str, PlatformAdapter] | None = None,
+        delivery_timeout: float = 300.0,
+        delivery_attempt_timeout: float = 10.0,
     ) -> None:
         check_timings(
             timeout,
@@ -117,6 +124,10 @@ class TaskManager:
             liveness_ttl,
         )
         check_int("max_backlog", max_backlog, 1)
+        check_positive("delivery_timeout", delivery_timeout)
+        check_positive("delivery_attempt_timeout", delivery_attempt_timeout)
+        if redirect_adapters is not None and not isinstance(redirect_adapters, Mapping):
+            raise TypeError("redirect_adapters must be a mapping of platform names to adapters")
         own_store = store is None or isinstance(store, str)
         retention = retention_of(result_ttl, max_finished, max_output, own_store=own_store)
         self.timeout = float(timeout)
@@ -165,7 +176,11 @@ class TaskManager:
             stop_timeout=self.stop_timeout,
             heartbeat_interval=self.heartbeat_interval,
             liveness_ttl=self.liveness_ttl,
+            redirect_adapters=redirect_adapters,
+            delivery_timeout=float(delivery_timeout),
+            delivery_attempt_timeout=float(delivery_attempt_timeout),
         )
+        self._deliverer = parts.deliverer
         self._flusher, self._hub, self._table = parts.flusher, parts.hub, parts.table
         self._keeper, self._reader, self._stopper = parts.keeper, parts.reader, parts.stopper
         self._bus_handlers = parts.handlers
@@ -217,6 +232,8 @@ class TaskManager:
         self._keeper.started()
         self._flusher.start()
         self._housekeeping = asyncio.create_task(self._keeper.run(), name="taskward-housekeeping")
+        if not self._alone:  # others may enqueue deliveries: deliver them too
+            self._deliverer.start()
         self._state = _State.RUNNING
         self._started.set_result(None)
 
@@ -233,6 +250,7 @@ class TaskManager:
             if was_started:
                 await self._table.drain(self.shutdown_grace, self.shutdown_timeout, CLOSE_REASON)
                 await self._flusher.aclose(self.shutdown_timeout)
+                await self._deliverer.aclose(self.shutdown_timeout)
                 await self._stopper.aclose(self.shutdown_timeout)
                 if self._housekeeping is not None:
                     await cancel_and_wait(self._housekeeping)
@@ -344,6 +362,67 @@ class TaskManager:
         check_id(task_id, "task_id")
         if await self._reader.lookup(task_id, None) is not None:
             raise TaskIdInUse(task_id)
+
+    # -- redirects -------------------------------------------------------------------
+
+    async def set_output_redirect(
+        self,
+        task_id: str,
+        channel_id: str,
+        platform: str,
+        max_chars: int = 0,
+        *,
+        caller: Caller | None = None,
+        user_id: str | None = None,
+    ) -> bool:
+        """Deliver the task's result (or error) to `channel_id` on `platform` when it ends.
+
+        At once if it has ended already. The redirect becomes part of the task's
+        record, on every instance (``record.redirect``: the target and the
+        delivery's state, ``pending``, ``delivered`` or ``failed``). Delivery is
+        durable: recorded in the store before it is tried, retried, taken over
+        by another instance if this one dies, given up `delivery_timeout`
+        seconds after it was enqueued. `max_chars` cuts the delivered text (0:
+        only the platform's own limit). Setting it again on a running task
+        replaces the target; on an ended one, the same target delivers once, a
+        new target once more. False if the task is unknown or not the caller's.
+        """
+        check_id(task_id, "task_id")
+        check_id(channel_id, "channel_id")
+        if not isinstance(platform, str):
+            raise TypeError(f"platform must be a str, not {type(platform).__name__}")
+        if not platform:
+            raise ValueError("platform must not be empty")
+        if isinstance(max_chars, bool) or not isinstance(max_chars, int):
+            raise TypeError(f"max_chars must be an int, not {type(max_chars).__name__}")
+        if max_chars != 0 and max_chars < MIN_LIMIT:
+            raise ValueError(f"max_chars must be 0 or at least {MIN_LIMIT}, not {max_chars}")
+        if not self._deliverer.knows(platform):
+            raise ValueError(f"no redirect adapter for platform {platform!r}")
+        scope = scope_of(user_id, caller)
+        await self._ensure_started()
+        rec = await self._reader.lookup(task_id, scope)
+        if rec is None:
+            return False
+        if self._table.rows.get(task_id) is not None:
+            await self._flusher.sync(SYNC_TIMEOUT)  # the store must know the task first
+        now = time.time()
+        stored = await self._store.set_redirect(
+            task_id, redirect_target(channel_id, platform, max_chars, now), now, scope
+        )
+        if stored is None:
+            return False
+        self._reader.note_redirect(task_id)
+        if stored.status is TaskStatus.RUNNING and stored.instance_id != self.instance_id:
+            await self._bus.send_command(stored.instance_id, {"op": "redirect", "task_id": task_id})
+        self._deliverer.start()
+        self._deliverer.kick()
+        return True
+
+    async def pending_deliveries(self) -> int:
+        """How many redirect deliveries the store holds queued (on every instance)."""
+        await self._ensure_started()
+        return await self._store.pending_deliveries()
 
     # -- reading ---------------------------------------------------------------------
 

@@ -67,8 +67,9 @@ __all__ = ["COMMAND_OPS", "RedisBus"]
 
 logger = logging.getLogger(__name__)
 
-#: Command ops a bus accepts unless told otherwise.
-COMMAND_OPS = frozenset({"stop"})
+#: Command ops a bus accepts unless told otherwise: a stop, and a redirect set elsewhere on
+#: a task of the instance (a wake-up: the redirect is in the store already).
+COMMAND_OPS = frozenset({"stop", "redirect"})
 #: Seconds to wait for the server to confirm the subscriptions.
 SUBSCRIBE_TIMEOUT = 10.0
 RECONNECT_BASE = 0.05

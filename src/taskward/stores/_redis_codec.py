@@ -42,6 +42,7 @@ from .._live import (
     snapshot,
 )
 from .._records import OutputChunk, TaskError, TaskRecord, TaskStatus, dump_json
+from .base import Delivery
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
@@ -52,6 +53,7 @@ __all__ = [
     "HASH_FIELDS",
     "decode_chunk",
     "decode_cursor",
+    "decode_delivery",
     "decode_flat",
     "decode_hash",
     "encode_batch",
@@ -112,12 +114,13 @@ HASH_FIELDS: tuple[tuple[int, str, str], ...] = (
     (STOP_REQUESTED_AT, "sr", "float"),
     (MAX_RUNTIME, "mr", "float"),
 )
-# What `save` writes: every field but the stop request, which only `request_stop` writes.
-# An empty text is left out too (it reads back as the record's default, "" or None).
+# What `save` writes: every field but the stop request and the redirect, which only
+# `request_stop` and the redirect scripts write. An empty text is left out too (it reads
+# back as the record's default, "" or None).
 _SAVED = tuple(
     (position, field, _CODECS[kind][0], kind == "text")
     for position, field, kind in HASH_FIELDS
-    if position != STOP_REQUESTED_AT
+    if position not in (STOP_REQUESTED_AT, REDIRECT)
 )
 _READ = tuple((position, field, _CODECS[kind][1]) for position, field, kind in HASH_FIELDS)
 # What a field left out of the hash reads as: the record's default.
@@ -132,7 +135,8 @@ def encode_record(rec: Live) -> list[Any]:
 
     ``[id, status, user|'', item|'', owner, created, finish_score|'', [field,
     value, ...], [field to delete, ...]]``, every value a string (so Lua never
-    rounds a float). Never writes ``sr``: only `request_stop` does.
+    rounds a float). Never writes ``sr`` or ``rd``: only `request_stop` and the
+    redirect scripts do.
     """
     pairs: list[str] = []
     absent: list[str] = []
@@ -194,6 +198,34 @@ def _decode(task_id: str, h: dict[str, str]) -> TaskRecord | None:
 
 
 _STATUSES = frozenset(status.value for status in TaskStatus)
+
+
+def decode_delivery(raw: bytes | str) -> Delivery:
+    """A claimed delivery from the JSON the scripts keep (see `_redis_scripts.enqueue`)."""
+    d = json.loads(text(raw))
+
+    def given(key: str) -> str | None:
+        value = d.get(key)
+        return value if isinstance(value, str) and value != "" else None
+
+    result, error, finished = given("r"), given("e"), given("fa")
+    return Delivery(
+        d["id"],
+        d["t"],
+        d["c"],
+        d["p"],
+        int(d["mx"]),
+        float(d["ea"]),
+        int(d["a"]),
+        d["k"],
+        TaskStatus(d["s"]),
+        given("n") or "",
+        None if result is None else json.loads(result),
+        None if error is None else _decode_error(error),
+        given("u"),
+        given("i"),
+        None if finished is None else float(finished),
+    )
 
 
 def encode_chunk(chunk: OutputChunk) -> str:

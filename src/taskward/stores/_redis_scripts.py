@@ -14,6 +14,14 @@ their members (`defer`/`flush`), so a batch of records costs a few calls per
 index instead of a few per record: roughly 15-30 us of server time per record
 written (Redis 7.0 on a loaded 2-core box), most of it the sorted-set inserts.
 
+Redirects: a record's ``rd`` field (JSON, see `taskward.stores.base`) is only
+written here, never by a save. `enqueue` is the one place a delivery is made:
+the save script calls it for a record that becomes terminal with a redirect,
+the reaper for a task it marks lost, and ``SET_REDIRECT`` for a redirect set on
+a task already terminal; each runs atomically, so whichever of "set" and
+"ended" comes second enqueues, exactly once. The scripts that enqueue take the
+delivery keys (queue, data, seq) after their own.
+
 Record hashes use short field names (see `taskward.stores._redis_codec`):
 ``s`` status, ``o`` owner instance, ``u`` user, ``i`` item, ``ca``/``ua``/``fa``
 created/updated/finished, ``e`` error, ``sr`` stop requested at.
@@ -22,15 +30,19 @@ created/updated/finished, ``e`` error, ``sr`` stop requested at.
 from __future__ import annotations
 
 __all__ = [
+    "CLAIM_DELIVERIES",
     "COUNTS",
+    "END_DELIVERY",
     "HEARTBEAT",
     "INSTANCES",
     "QUERY",
     "REAP",
     "REQUEST_STOP",
     "RETIRE",
+    "RETRY_DELIVERY",
     "RUNNING_BY_ITEM",
     "SAVE",
+    "SET_REDIRECT",
 ]
 
 _PRELUDE = """
@@ -75,6 +87,34 @@ local function finish(id, st, user, item, created, fin, owner, ttl)
   defer('ZADD', FINISHED, fin, id .. ' ' .. st .. ' ' .. user .. ' ' .. item)
 end
 
+-- A terminal record with the redirect `rdraw` (JSON): copy what to send into a new
+-- delivery due at `at` (a string), and note it on the record. DQ, DD, DS: the queue,
+-- its data hash and its id counter.
+local function enqueue(id, rdraw, at, DQ, DD, DS)
+  local tk = TASK .. id
+  local rd = cjson.decode(rdraw)
+  local h = redis.call('HMGET', tk, 's', 'n', 'r', 'e', 'fa', 'u', 'i')
+  local t = redis.call('TIME')
+  local did = 'dlv_' .. t[1] .. t[2] .. '_' .. redis.call('INCR', DS)
+  local d = {id = did, t = id, c = rd.channel_id, p = rd.platform, mx = rd.max_chars, ea = at,
+    a = 0, k = '', s = h[1], n = h[2], r = h[3], e = h[4], fa = h[5], u = h[6], i = h[7]}
+  redis.call('HSET', DD, did, cjson.encode(d))
+  redis.call('ZADD', DQ, at, did)
+  rd.delivery_id, rd.state, rd.enqueued_at = did, 'pending', tonumber(at)
+  redis.call('HSET', tk, 'rd', cjson.encode(rd))
+end
+
+-- Write a delivery's state on its record's redirect, if that still names it.
+local function note_delivery(id, did, fields)
+  local tk = TASK .. id
+  local raw = redis.call('HGET', tk, 'rd')
+  if not raw then return end
+  local rd = cjson.decode(raw)
+  if rd.delivery_id ~= did then return end
+  for k, v in pairs(fields) do rd[k] = v end
+  redis.call('HSET', tk, 'rd', cjson.encode(rd))
+end
+
 -- Retention let a finished record go: delete it, its output and index entries,
 -- unless its id now names a newer record (a caller-chosen id reused after expiry),
 -- which keeps them but for its old status's entry.
@@ -117,7 +157,8 @@ local function trim(cutoff, maxf, budget)
 end
 """
 
-# ARGV after the head: ttl_ms, max_finished, cutoff, max_output, trim_budget, then the batch
+# KEYS[5..7] the delivery keys. ARGV after the head: ttl_ms, max_finished, cutoff, max_output,
+# trim_budget, then the batch
 # as JSON: [[record, ...], [[task_id, [seq, member, ...]], ...]] where a record is
 # [id, status, user|'', item|'', owner, created, finish_score|'', [field, value, ...],
 #  [field to delete, ...]] (see `encode_record`). One JSON argument is far cheaper for
@@ -154,6 +195,10 @@ for _, r in ipairs(batch[1]) do
       end
     else
       finish(id, st, user, item, created, fin, owner, ttl)
+      if cur then
+        local rd = redis.call('HGET', tk, 'rd')
+        if rd then enqueue(id, rd, fin, KEYS[5], KEYS[6], KEYS[7]) end
+      end
     end
   end
 end
@@ -279,7 +324,7 @@ return redis.call('HGETALL', tk)
 """
 )
 
-# KEYS[5] the reaper lock; ARGV after the head: token, lock_ms, now, ttl_ms, max_finished,
+# KEYS[5] the reaper lock, KEYS[6..8] the delivery keys; ARGV after the head: token, lock_ms, now, ttl_ms, max_finished,
 # cutoff, budget. Returns {'locked'} or {'done'|'more', id, record, id, record, ...}.
 REAP = (
     _PRELUDE
@@ -296,12 +341,13 @@ for _, iid in ipairs(redis.call('SMEMBERS', INSTANCES)) do
     local tasks = INST .. iid .. TASKS
     for _, id in ipairs(redis.call('SRANDMEMBER', tasks, budget - done)) do
       local tk = TASK .. id
-      local h = redis.call('HMGET', tk, 's', 'u', 'i', 'ca')
+      local h = redis.call('HMGET', tk, 's', 'u', 'i', 'ca', 'rd')
       if h[1] == 'running' then
         local msg = "task '" .. id .. "' was lost with its instance '" .. iid .. "'"
         redis.call('HSET', tk, 's', 'lost', 'fa', now, 'ua', now,
           'e', cjson.encode({'TaskLost', msg}))
         finish(id, 'lost', h[2] or '', h[3] or '', h[4] or now, now, iid, ttl)
+        if h[5] then enqueue(id, h[5], now, KEYS[6], KEYS[7], KEYS[8]) end
         out[#out + 1] = id
         out[#out + 1] = redis.call('HGETALL', tk)
       else
@@ -390,5 +436,90 @@ trim(ARGV[11], tonumber(ARGV[10]), tonumber(ARGV[12]))
 local out = {}
 for j = 13, #ARGV do out[#out + 1] = redis.call('ZCARD', SIDX .. ARGV[j]) end
 return out
+"""
+)
+
+# KEYS[5..7] the delivery keys; ARGV after the head: task_id, user ('' for any), the
+# redirect (JSON), at. Returns the record (HGETALL; empty if unknown or another user's).
+SET_REDIRECT = (
+    _PRELUDE
+    + """
+local id, user, target, at = ARGV[10], ARGV[11], ARGV[12], ARGV[13]
+local tk = TASK .. id
+local h = redis.call('HMGET', tk, 's', 'u', 'rd')
+if not h[1] or (user ~= '' and h[2] ~= user) then return {} end
+if TERMINAL[h[1]] then
+  if h[3] then
+    local old, new = cjson.decode(h[3]), cjson.decode(target)
+    if old.delivery_id ~= cjson.null and old.channel_id == new.channel_id and old.platform == new.platform
+        and old.max_chars == new.max_chars then
+      return redis.call('HGETALL', tk)
+    end
+  end
+  enqueue(id, target, at, KEYS[5], KEYS[6], KEYS[7])
+else
+  redis.call('HSET', tk, 'rd', target)
+end
+return redis.call('HGETALL', tk)
+"""
+)
+
+# KEYS[5..6] the delivery queue and data; ARGV after the head: now, lease end, limit, token.
+# Returns the claimed deliveries' JSON, oldest due first.
+CLAIM_DELIVERIES = (
+    _PRELUDE
+    + """
+local out = {}
+for _, did in ipairs(redis.call('ZRANGE', KEYS[5], '-inf', ARGV[10], 'BYSCORE', 'LIMIT', 0,
+    ARGV[12])) do
+  local raw = redis.call('HGET', KEYS[6], did)
+  if raw then
+    local d = cjson.decode(raw)
+    d.a, d.k = d.a + 1, ARGV[13]
+    raw = cjson.encode(d)
+    redis.call('HSET', KEYS[6], did, raw)
+    redis.call('ZADD', KEYS[5], ARGV[11], did)
+    note_delivery(d.t, did, {attempts = d.a})
+    out[#out + 1] = raw
+  else
+    redis.call('ZREM', KEYS[5], did)
+  end
+end
+return out
+"""
+)
+
+# KEYS[5..6] the delivery queue and data; ARGV after the head: delivery id, token, due, error.
+# Returns 1, or 0 for a stale claim.
+RETRY_DELIVERY = (
+    _PRELUDE
+    + """
+local raw = redis.call('HGET', KEYS[6], ARGV[10])
+if not raw then return 0 end
+local d = cjson.decode(raw)
+if d.k ~= ARGV[11] then return 0 end
+d.k = ''
+redis.call('HSET', KEYS[6], ARGV[10], cjson.encode(d))
+redis.call('ZADD', KEYS[5], ARGV[12], ARGV[10])
+note_delivery(d.t, ARGV[10], {last_error = ARGV[13]})
+return 1
+"""
+)
+
+# KEYS[5..6] the delivery queue and data; ARGV after the head: delivery id, token, state
+# ('delivered' or 'failed'), at, error ('' for none). Returns 1, or 0 for a stale claim.
+END_DELIVERY = (
+    _PRELUDE
+    + """
+local raw = redis.call('HGET', KEYS[6], ARGV[10])
+if not raw then return 0 end
+local d = cjson.decode(raw)
+if d.k ~= ARGV[11] then return 0 end
+redis.call('ZREM', KEYS[5], ARGV[10])
+redis.call('HDEL', KEYS[6], ARGV[10])
+local fields = {state = ARGV[12], done_at = tonumber(ARGV[13])}
+if ARGV[14] ~= '' then fields.last_error = ARGV[14] end
+note_delivery(d.t, ARGV[10], fields)
+return 1
 """
 )

@@ -38,11 +38,42 @@ Position               Holds
 ``PROGRESS``           progress fraction, or None
 ``PROGRESS_MESSAGE``   progress message, or None
 ``METADATA``           metadata dict, None when empty
-``REDIRECT``           redirect target dict, or None
+``REDIRECT``           redirect target and delivery state (a flat dict, see
+                       "Redirects" below), or None (a store keeps its own:
+                       only `set_redirect` and the delivery queue set it)
 ``STOP_REQUESTED_AT``  when a stop was requested, or None (a store keeps its
                        own: only `request_stop` sets it)
 ``MAX_RUNTIME``        seconds the task may run, or None
 =====================  =====================================================
+
+Redirects
+---------
+A task's redirect says where its result goes when it finishes. The store owns
+it (like the stop request: `save()` neither writes nor clears it) and keeps the
+rule that makes it durable: whichever comes second, the redirect being set or
+the task ending (saved terminal, or reaped `lost`), enqueues one `Delivery`
+in the same atomic step. The record's ``redirect`` dict is flat:
+
+=================  ==========================================================
+Key                Holds
+=================  ==========================================================
+``channel_id``     where to deliver (str)
+``platform``       the adapter's name (str)
+``max_chars``      the cut for the delivered text, 0 for the platform's limit
+``set_at``         when the redirect was set (Unix seconds)
+``delivery_id``    the enqueued delivery's id, None while the task runs
+``state``          None while the task runs; ``pending``, ``delivered`` or
+                   ``failed``
+``attempts``       requests started for the delivery (a claim counts one)
+``last_error``     the last failure, or None
+``enqueued_at``    when the delivery was enqueued, or None
+``done_at``        when it was delivered or given up, or None
+=================  ==========================================================
+
+Deliveries are claimed with a lease (`claim_deliveries`): a claimed delivery
+is due again when its lease ends, so one whose claimer died is claimed by
+another. `retry_delivery` and `end_delivery` take the claim's token and do
+nothing for a stale one (a claimer whose lease ran out).
 
 Capabilities
 ------------
@@ -58,7 +89,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol, TypeAlias, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, runtime_checkable
 
 from .._checks import check_int, check_positive
 from .._live import (
@@ -90,11 +121,12 @@ from .._live import (
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from .._records import OutputChunk, TaskRecord, TaskStatus
+    from .._records import OutputChunk, TaskError, TaskRecord, TaskStatus
 
 __all__ = [
     "CHANNEL_ID",
     "CREATED_AT",
+    "DELIVERY_STATES",
     "ERROR",
     "FINISHED_AT",
     "INSTANCE_ID",
@@ -113,6 +145,7 @@ __all__ = [
     "TASK_ID",
     "UPDATED_AT",
     "USER_ID",
+    "Delivery",
     "InProcessStore",
     "InstanceInfo",
     "Page",
@@ -121,6 +154,7 @@ __all__ = [
     "Store",
     "WriteBatch",
     "record_to_row",
+    "redirect_target",
     "retention_of",
     "row_to_record",
 ]
@@ -216,6 +250,54 @@ class Page:
 
     records: list[TaskRecord]
     cursor: str | None
+
+
+#: A delivery's states, as the record's ``redirect["state"]`` says them.
+DELIVERY_STATES = ("pending", "delivered", "failed")
+
+
+def redirect_target(channel_id: str, platform: str, max_chars: int, at: float) -> dict[str, Any]:
+    """A redirect as `set_redirect` takes it: the target, no delivery yet."""
+    return {
+        "channel_id": channel_id,
+        "platform": platform,
+        "max_chars": max_chars,
+        "set_at": at,
+        "delivery_id": None,
+        "state": None,
+        "attempts": 0,
+        "last_error": None,
+        "enqueued_at": None,
+        "done_at": None,
+    }
+
+
+@dataclass(slots=True, frozen=True)
+class Delivery:
+    """One claimed delivery of a finished task's outcome to a channel.
+
+    What to send is copied from the record when the delivery is enqueued, so it
+    does not depend on the record's retention. `delivery_id` is unique in the
+    store and stable across retries: adapters send it as the idempotency key.
+    `attempts` counts this claim. `token` is the claim's: `retry_delivery` and
+    `end_delivery` refuse another.
+    """
+
+    delivery_id: str
+    task_id: str
+    channel_id: str
+    platform: str
+    max_chars: int
+    enqueued_at: float
+    attempts: int
+    token: str
+    status: TaskStatus
+    name: str = ""
+    result: Any = None
+    error: TaskError | None = None
+    user_id: str | None = None
+    item_id: str | None = None
+    finished_at: float | None = None
 
 
 @dataclass(slots=True, frozen=True)
@@ -348,6 +430,46 @@ class Store(Protocol):
         running task it saves) until it is retired or reaped. One whose
         liveness lapsed is listed with ``alive=False`` until then.
         """
+
+    async def set_redirect(
+        self, task_id: str, target: dict[str, Any], at: float, user_id: str | None = None
+    ) -> TaskRecord | None:
+        """Set a task's redirect (`redirect_target(...)`); return the record as it now stands.
+
+        On a running task the target replaces any earlier one. On a terminal
+        task, one atomic step sets it and enqueues its delivery, due at `at`,
+        unless the task already has a delivery to the same channel, platform
+        and `max_chars` (setting the same redirect twice delivers once).
+        Returns None, writing nothing, for an unknown task and, when `user_id`
+        is given, for another user's task.
+        """
+
+    async def claim_deliveries(self, now: float, lease: float, limit: int) -> list[Delivery]:
+        """Claim up to `limit` deliveries due by `now`, oldest due first, for `lease` seconds.
+
+        Each claimed delivery gets a new token and one more attempt (on the
+        record too), and is due again at ``now + lease`` unless it is retried or
+        ended first.
+        """
+
+    async def retry_delivery(self, delivery: Delivery, due: float, error: str) -> bool:
+        """Release a claim after a failed attempt: due again at `due`, `error` recorded.
+
+        False, changing nothing, when the claim is stale (another claim has taken it,
+        or the delivery ended).
+        """
+
+    async def end_delivery(
+        self, delivery: Delivery, delivered: bool, error: str | None, at: float
+    ) -> bool:
+        """Take a claimed delivery off the queue: ``delivered`` or ``failed`` (with `error`).
+
+        The record's redirect says so (if it still names this delivery). False,
+        changing nothing, when the claim is stale.
+        """
+
+    async def pending_deliveries(self) -> int:
+        """How many deliveries are queued (claimed or not)."""
 
 
 @runtime_checkable

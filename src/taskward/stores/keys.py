@@ -29,6 +29,12 @@ Key                            Type         Holds
 ``P:instances``                set          instance ids that may own running tasks
 ``P:heartbeats``               hash         instance id -> Unix time of its last heartbeat
 ``P:lock:reaper``              string       the reaper's lock: its token, with a PX expiry
+``P:deliveries``               sorted set   ids of pending redirect deliveries, scored by the
+                                            Unix time they are due (a claim moves it to the
+                                            end of its lease)
+``P:deliveries:data``          hash         delivery id -> the delivery as JSON (target, what
+                                            to send, attempts, lease token)
+``P:deliveries:seq``           string       counter that numbers delivery ids
 ``P:cmd:<instance_id>``        channel      commands to one instance (pub/sub)
 ``P:events``                   channel      events for every instance (pub/sub)
 =============================  ===========  =============================================
@@ -37,7 +43,8 @@ Why no caller id can name an internal key: ids passed here have been checked by
 `taskward._ids.check_id` (no whitespace, braces, quotes, backslashes or glob
 characters), every variable part sits after a kind prefix that is unique and
 not a prefix of another kind (``task:``, ``out:``, ``idx:user:``, ...), and the
-fixed names (``idx:all``, ``finished``, ``instances``, ``lock:reaper``) do not
+fixed names (``idx:all``, ``finished``, ``instances``, ``lock:reaper``,
+``deliveries...``) do not
 start with any kind prefix. Instance keys end in a fixed suffix, so
 ``inst:<a>:tasks`` can never equal ``inst:<b>:alive`` or ``inst:<b>:stops``.
 The methods here do not check ids again: they run for every record written.
@@ -63,6 +70,9 @@ class Keys:
     __slots__ = (
         "all",
         "base",
+        "deliveries",
+        "delivery_data",
+        "delivery_seq",
         "events",
         "finished",
         "heartbeats",
@@ -105,6 +115,9 @@ class Keys:
         self.heartbeats = base + "heartbeats"
         self.reaper_lock = base + "lock:reaper"
         self.events = base + "events"
+        self.deliveries = base + "deliveries"
+        self.delivery_data = base + "deliveries:data"
+        self.delivery_seq = base + "deliveries:seq"
 
     def __repr__(self) -> str:
         return f"Keys({self.prefix!r})"
@@ -135,6 +148,10 @@ class Keys:
 
     def command_channel(self, instance_id: str) -> str:
         return self.base + "cmd:" + instance_id
+
+    def delivery_keys(self) -> list[str]:
+        """The delivery queue's keys, in the order the scripts take them: queue, data, seq."""
+        return [self.deliveries, self.delivery_data, self.delivery_seq]
 
     def script_layout(self) -> list[str]:
         """The kind prefixes and suffixes the Lua scripts concatenate ids with, in order.

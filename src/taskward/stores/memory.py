@@ -35,16 +35,23 @@ would pay for.
 
 from __future__ import annotations
 
+import heapq
 import time
+import uuid
 from bisect import bisect_left, insort
 from collections import Counter, deque
+from dataclasses import replace as changed
 from itertools import filterfalse
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .._live import (
+    ERROR,
     FINISHED_AT,
     INSTANCE_ID,
     ITEM_ID,
+    NAME,
+    REDIRECT,
+    RESULT,
     STATUS,
     STOP_REQUESTED_AT,
     TASK_ID,
@@ -56,7 +63,7 @@ from .._live import (
     snapshot,
 )
 from .._records import OutputChunk, TaskError, TaskRecord, TaskStatus
-from .base import InstanceInfo, Page, Retention, Row, WriteBatch
+from .base import Delivery, InstanceInfo, Page, Retention, Row, WriteBatch
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
@@ -144,6 +151,12 @@ class MemoryStore:
         self._alive: dict[str, float] = {}
         self._beats: dict[str, float] = {}  # instance id -> last heartbeat (Unix time)
         self._stops: dict[str, dict[str, None]] = {}
+        # The delivery queue: deliveries by id, and when each is due (Unix time).
+        self._deliveries: dict[str, Delivery] = {}
+        self._due: dict[str, float] = {}
+        # (due, id) of every due time given; an entry whose time is no longer the
+        # delivery's (retried, claimed, ended) is skipped when it comes up.
+        self._due_heap: list[tuple[float, str]] = []
 
     def __len__(self) -> int:
         """Records kept, running and terminal."""
@@ -185,6 +198,8 @@ class MemoryStore:
             if stored is None:
                 if task_id in order:
                     continue  # terminal here, and terminal states never change
+                if rec[REDIRECT] is not None:
+                    rec = replace(rec, {REDIRECT: None})  # only set_redirect sets it
                 seq += 1
                 position = seq
                 order[task_id] = position
@@ -203,10 +218,14 @@ class MemoryStore:
                 if stored[STOP_REQUESTED_AT] is not None and rec[STOP_REQUESTED_AT] is None:
                     # Asked here, not yet seen by the owner: the request stays.
                     rec = replace(rec, {STOP_REQUESTED_AT: stored[STOP_REQUESTED_AT]})
+                if rec[REDIRECT] is not stored[REDIRECT]:
+                    rec = replace(rec, {REDIRECT: stored[REDIRECT]})  # the store's own
                 if status == V_RUNNING:
                     live[task_id] = rec
                     continue
                 # just finished
+                if rec[REDIRECT] is not None:
+                    rec = self._enqueue(rec, rec[FINISHED_AT] or batch.now or time.time())
                 del live[task_id]
                 position = order[task_id]
                 running.departed.add(position)
@@ -448,8 +467,114 @@ class MemoryStore:
             for instance_id, deadline in sorted(self._alive.items())
         ]
 
+    # -- redirects and the delivery queue ---------------------------------------
+
+    async def set_redirect(
+        self, task_id: str, target: dict[str, Any], at: float, user_id: str | None = None
+    ) -> TaskRecord | None:
+        row = self._live.get(task_id) or self.kept(task_id)
+        if row is None or (user_id is not None and row[USER_ID] != user_id):
+            return None
+        if row[STATUS] == V_RUNNING:
+            row = self._live[task_id] = replace(row, {REDIRECT: dict(target)})
+            return snapshot(row)
+        old = row[REDIRECT]
+        if old is None or old["delivery_id"] is None or not _same_target(old, target):
+            row = self._done[task_id] = self._enqueue(replace(row, {REDIRECT: dict(target)}), at)
+        return snapshot(row)
+
+    def _enqueue(self, row: Row, at: float) -> Row:
+        """`row` (terminal, with a redirect) with its delivery enqueued, due at `at`."""
+        rd = row[REDIRECT]
+        delivery_id = "dlv_" + uuid.uuid4().hex
+        self._deliveries[delivery_id] = Delivery(
+            delivery_id,
+            row[TASK_ID],
+            rd["channel_id"],
+            rd["platform"],
+            rd["max_chars"],
+            at,
+            0,
+            "",
+            TaskStatus(row[STATUS]),
+            row[NAME],
+            row[RESULT],
+            row[ERROR],
+            row[USER_ID],
+            row[ITEM_ID],
+            row[FINISHED_AT],
+        )
+        self._set_due(delivery_id, at)
+        rd = {**rd, "delivery_id": delivery_id, "state": "pending", "enqueued_at": at}
+        return replace(row, {REDIRECT: rd})
+
+    def _set_due(self, delivery_id: str, at: float) -> None:
+        self._due[delivery_id] = at
+        heapq.heappush(self._due_heap, (at, delivery_id))
+
+    def _record_delivery(self, delivery: Delivery, **state: Any) -> None:
+        """Write a delivery's state on its record's redirect, if that still names it."""
+        row = self._done.get(delivery.task_id)
+        if row is None:
+            return
+        rd = row[REDIRECT]
+        if rd is not None and rd["delivery_id"] == delivery.delivery_id:
+            self._done[delivery.task_id] = replace(row, {REDIRECT: {**rd, **state}})
+
+    async def claim_deliveries(self, now: float, lease: float, limit: int) -> list[Delivery]:
+        heap = self._due_heap
+        due: list[str] = []
+        while heap and heap[0][0] <= now and len(due) < limit:
+            at, delivery_id = heapq.heappop(heap)
+            if self._due.get(delivery_id) == at and delivery_id not in due:
+                due.append(delivery_id)
+        claimed: list[Delivery] = []
+        for delivery_id in due:
+            delivery = changed(
+                self._deliveries[delivery_id],
+                attempts=self._deliveries[delivery_id].attempts + 1,
+                token=uuid.uuid4().hex,
+            )
+            self._deliveries[delivery_id] = delivery
+            self._set_due(delivery_id, now + lease)
+            self._record_delivery(delivery, attempts=delivery.attempts)
+            claimed.append(delivery)
+        return claimed
+
+    def _holds(self, delivery: Delivery) -> bool:
+        kept = self._deliveries.get(delivery.delivery_id)
+        return kept is not None and kept.token == delivery.token
+
+    async def retry_delivery(self, delivery: Delivery, due: float, error: str) -> bool:
+        if not self._holds(delivery):
+            return False
+        self._deliveries[delivery.delivery_id] = changed(delivery, token="")
+        self._set_due(delivery.delivery_id, due)
+        self._record_delivery(delivery, last_error=error)
+        return True
+
+    async def end_delivery(
+        self, delivery: Delivery, delivered: bool, error: str | None, at: float
+    ) -> bool:
+        if not self._holds(delivery):
+            return False
+        del self._deliveries[delivery.delivery_id]
+        del self._due[delivery.delivery_id]
+        state: dict[str, Any] = {"state": "delivered" if delivered else "failed", "done_at": at}
+        if error is not None:
+            state["last_error"] = error
+        self._record_delivery(delivery, **state)
+        return True
+
+    async def pending_deliveries(self) -> int:
+        return len(self._deliveries)
+
 
 _EMPTY = _Index()  # the index of a user or item without tasks
+
+
+def _same_target(old: dict[str, Any], new: dict[str, Any]) -> bool:
+    return all(old[k] == new[k] for k in ("channel_id", "platform", "max_chars"))
 
 
 def _discard(index: dict[str, dict[str, None]], key: str, task_id: str) -> None:

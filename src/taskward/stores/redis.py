@@ -38,7 +38,7 @@ import time
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from .._live import STATUS, V_RUNNING
-from .._records import OutputChunk, TaskRecord, TaskStatus
+from .._records import OutputChunk, TaskRecord, TaskStatus, dump_json
 from .._redis import (
     DEFAULT_RETRY_BUDGET,
     UNAVAILABLE_ERRORS,
@@ -51,6 +51,7 @@ from . import _redis_scripts as lua
 from ._redis_codec import (
     decode_chunk,
     decode_cursor,
+    decode_delivery,
     decode_flat,
     decode_hash,
     encode_batch,
@@ -59,7 +60,7 @@ from ._redis_codec import (
     encode_record,
     text,
 )
-from .base import InstanceInfo, Page, Retention, WriteBatch
+from .base import Delivery, InstanceInfo, Page, Retention, WriteBatch
 from .keys import Keys
 
 if TYPE_CHECKING:
@@ -105,6 +106,10 @@ _HEARTBEAT = _Script(lua.HEARTBEAT)
 _INSTANCES = _Script(lua.INSTANCES)
 _REAP = _Script(lua.REAP)
 _RETIRE = _Script(lua.RETIRE)
+_SET_REDIRECT = _Script(lua.SET_REDIRECT)
+_CLAIM_DELIVERIES = _Script(lua.CLAIM_DELIVERIES)
+_RETRY_DELIVERY = _Script(lua.RETRY_DELIVERY)
+_END_DELIVERY = _Script(lua.END_DELIVERY)
 _SCRIPTS = (
     _SAVE,
     _QUERY,
@@ -115,6 +120,10 @@ _SCRIPTS = (
     _INSTANCES,
     _REAP,
     _RETIRE,
+    _SET_REDIRECT,
+    _CLAIM_DELIVERIES,
+    _RETRY_DELIVERY,
+    _END_DELIVERY,
 )
 _STATUSES = tuple(TaskStatus)
 
@@ -152,6 +161,7 @@ class RedisStore:
             self.keys.heartbeats,
         ]
         self._layout = self.keys.script_layout()
+        self._delivery_keys = self.keys.delivery_keys()
 
     def __repr__(self) -> str:
         return f"<RedisStore prefix={self.keys.prefix!r}>"
@@ -256,7 +266,7 @@ class RedisStore:
         return [
             self._evalsha_args(
                 _SAVE,
-                (),
+                self._delivery_keys,
                 [
                     *head,
                     encode_batch(encoded[i : i + SAVE_CHUNK], groups if i == last else []),
@@ -411,7 +421,7 @@ class RedisStore:
         ]
         lost: list[TaskRecord] = []
         while True:
-            reply = await self._eval(_REAP, (self.keys.reaper_lock,), args)
+            reply = await self._eval(_REAP, (self.keys.reaper_lock, *self._delivery_keys), args)
             state = text(reply[0])
             for i in range(1, len(reply), 2):
                 rec = decode_flat(text(reply[i]), reply[i + 1])
@@ -438,3 +448,55 @@ class RedisStore:
             )
             for i in range(0, len(reply), 4)
         ]
+
+    # -- redirects and the delivery queue -------------------------------------
+
+    async def set_redirect(
+        self, task_id: str, target: dict[str, Any], at: float, user_id: str | None = None
+    ) -> TaskRecord | None:
+        reply = await self._eval(
+            _SET_REDIRECT,
+            self._delivery_keys,
+            [task_id, user_id or "", dump_json(target), repr(at)],
+        )
+        return decode_flat(task_id, reply)
+
+    async def claim_deliveries(self, now: float, lease: float, limit: int) -> list[Delivery]:
+        reply = await self._eval(
+            _CLAIM_DELIVERIES,
+            self._delivery_keys[:2],
+            [repr(now), repr(now + lease), str(int(limit)), os.urandom(12).hex()],
+        )
+        return [decode_delivery(raw) for raw in reply]
+
+    async def retry_delivery(self, delivery: Delivery, due: float, error: str) -> bool:
+        reply = await self._eval(
+            _RETRY_DELIVERY,
+            self._delivery_keys[:2],
+            [delivery.delivery_id, delivery.token, repr(due), error],
+        )
+        return bool(reply)
+
+    async def end_delivery(
+        self, delivery: Delivery, delivered: bool, error: str | None, at: float
+    ) -> bool:
+        reply = await self._eval(
+            _END_DELIVERY,
+            self._delivery_keys[:2],
+            [
+                delivery.delivery_id,
+                delivery.token,
+                "delivered" if delivered else "failed",
+                repr(at),
+                error or "",
+            ],
+        )
+        return bool(reply)
+
+    async def pending_deliveries(self) -> int:
+        key = self.keys.deliveries
+
+        async def operation() -> Any:
+            return await self.client.zcard(key)
+
+        return int(await self._call(operation))
