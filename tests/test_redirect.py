@@ -423,3 +423,39 @@ async def test_an_unconfigured_platform_is_retried_then_fails_naming_what_is_mis
         "no adapter here: the discord platform needs an execute-webhook URL"
         in (state["last_error"])
     )
+
+
+# -- the redirect_task tool ---------------------------------------------------------------
+
+
+async def test_the_redirect_task_tool_delivers_a_background_result_to_a_channel(
+    make_manager: Callable[..., TaskManager], receiver: Receiver
+) -> None:
+    from taskward.tools import ToolContext, ToolRegistry
+
+    tm = manager(make_manager, {"webhook": WebhookAdapter(receiver.url + "/to/{channel_id}")})
+    registry = ToolRegistry()
+
+    @registry.tool(timeout=0.05)
+    async def slow_report() -> str:
+        """A report that takes a while."""
+        await asyncio.sleep(0.3)
+        return "the report"
+
+    ana = ToolContext(tm, ANA)
+    started = json.loads(await registry.call("slow_report", {}, ana))
+    assert started["status"] == "running"
+    task_id = started["task_id"]
+    bo = ToolContext(tm, Caller("bo"))
+    arguments = {"task_id": task_id, "channel_id": "C1", "platform": "webhook"}
+    assert json.loads(await registry.call("redirect_task", arguments, bo))["status"] == "not_found"
+    answer = json.loads(await registry.call("redirect_task", arguments, ana))
+    assert answer["redirected_to"] == {"channel_id": "C1", "platform": "webhook"}
+    assert answer["status"] == "running"
+    bad = dict(arguments, platform="carrier-pigeon")
+    assert json.loads(await registry.call("redirect_task", bad, ana))["status"] == "rejected"
+    state = await settled(tm, task_id)
+    assert state["state"] == "delivered"
+    [got] = receiver.requests
+    assert got.path == "/to/C1" and got.json()["data"]["result"] == "the report"
+    assert not [r for r in receiver.requests if r.path.endswith("carrier-pigeon")]

@@ -149,10 +149,15 @@ def test_name_description_and_options_can_be_given(registry: ToolRegistry) -> No
 
 
 def test_the_task_tools_are_registered_unless_excluded() -> None:
-    assert ToolRegistry().names == ["check_task", "list_tasks", "stop_task"]
-    assert len(ToolRegistry()) == 3
+    assert ToolRegistry().names == ["check_task", "list_tasks", "stop_task", "redirect_task"]
+    assert len(ToolRegistry()) == 4
     assert ToolRegistry(task_tools=False).names == []
-    assert [t.name for t in ToolRegistry()] == ["check_task", "list_tasks", "stop_task"]
+    assert [t.name for t in ToolRegistry()] == [
+        "check_task",
+        "list_tasks",
+        "stop_task",
+        "redirect_task",
+    ]
     assert all(t.no_background for t in ToolRegistry())
     with pytest.raises(TypeError, match="task_tools"):
         ToolRegistry(task_tools="no")  # type: ignore[arg-type]
@@ -319,7 +324,7 @@ async def test_unknown_tools_are_rejected_with_the_names(
         "error": {
             "type": "unknown_tool",
             "message": "no tool named 'nope'; call one of the tools listed",
-            "tools": ["check_task", "list_tasks", "stop_task"],
+            "tools": ["check_task", "list_tasks", "stop_task", "redirect_task"],
         },
     }
 

@@ -83,6 +83,7 @@ def test_openai_chat_completions(registry: ToolRegistry) -> None:
         "check_task",
         "list_tasks",
         "stop_task",
+        "redirect_task",
         "deliver",
         "free_form",
         "limited",
@@ -94,6 +95,7 @@ def test_openai_chat_completions(registry: ToolRegistry) -> None:
         "check_task": True,
         "list_tasks": True,
         "stop_task": True,
+        "redirect_task": True,
         "deliver": True,
         "free_form": False,  # additionalProperties is a schema
         "limited": False,  # maxLength
@@ -199,7 +201,7 @@ def test_mcp(registry: ToolRegistry) -> None:
 def test_the_task_tools_in_every_format() -> None:
     for fmt in FORMATS:
         names = [s.get("name") or s["function"]["name"] for s in ToolRegistry().schemas(fmt)]
-        assert names == ["check_task", "list_tasks", "stop_task"], fmt
+        assert names == ["check_task", "list_tasks", "stop_task", "redirect_task"], fmt
         assert ToolRegistry(task_tools=False).schemas(fmt) == []
 
 

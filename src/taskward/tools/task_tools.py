@@ -1,4 +1,5 @@
-"""The task tools every `ToolRegistry` offers a model: `check_task`, `list_tasks`, `stop_task`.
+"""The task tools every `ToolRegistry` offers a model: `check_task`, `list_tasks`,
+`stop_task` and `redirect_task`.
 
 Each is an ordinary tool function (an `async def` taking a `ToolContext`), so a
 further task tool is written the same way and added with
@@ -19,12 +20,25 @@ from .._records import StopOutcome, StopResult, TaskStatus
 from ..errors import TaskNotFound, TaskTimeout
 from .calls import usable_task_id
 from .context import ToolContext  # noqa: TC001 - read at runtime by the schema builder
-from .envelopes import list_envelope, not_found_envelope, record_envelope, stop_envelope
+from .envelopes import (
+    dumps,
+    list_envelope,
+    not_found_envelope,
+    record_envelope,
+    stop_envelope,
+)
 
 if TYPE_CHECKING:
     from .definition import ToolFunction
 
-__all__ = ["MAX_CHECK_WAIT", "TASK_TOOLS", "check_task", "list_tasks", "stop_task"]
+__all__ = [
+    "MAX_CHECK_WAIT",
+    "TASK_TOOLS",
+    "check_task",
+    "list_tasks",
+    "redirect_task",
+    "stop_task",
+]
 
 #: The longest `check_task` waits for a task, in seconds (a longer `wait` is cut to it).
 MAX_CHECK_WAIT = 30.0
@@ -104,5 +118,54 @@ async def stop_task(task_id: str, *, ctx: ToolContext) -> str:
     return stop_envelope(result)
 
 
+async def redirect_task(
+    task_id: str,
+    channel_id: str,
+    platform: str,
+    max_chars: Annotated[int, Field(ge=0)] = 0,
+    *,
+    ctx: ToolContext,
+) -> str:
+    """Have a background task's result delivered to a chat channel when it finishes
+    (at once if it already has), instead of checking it yourself.
+
+    Args:
+        task_id: The task_id of the task whose result to deliver.
+        channel_id: The channel to deliver it to (as the platform names it).
+        platform: The platform of the channel: webhook, slack, discord or telegram.
+        max_chars: Cut the delivered text to this many characters; 0 for the
+            platform's own limit.
+    """
+    if not usable_task_id(task_id):
+        return not_found_envelope(task_id)
+    try:
+        redirected = await ctx.manager.set_output_redirect(
+            task_id, channel_id, platform, max_chars, caller=ctx.caller
+        )
+    except (TypeError, ValueError) as exc:
+        return dumps(
+            {
+                "task_id": task_id,
+                "status": "rejected",
+                "tool": "redirect_task",
+                "error": {"type": "invalid_arguments", "message": str(exc)},
+            }
+        )
+    if not redirected:
+        return not_found_envelope(task_id)
+    rec = await ctx.manager.get_record(task_id, caller=ctx.caller)
+    if rec is None:
+        return not_found_envelope(task_id)
+    state = (rec.redirect or {}).get("state")
+    return dumps(
+        {
+            "task_id": task_id,
+            "status": rec.status.value,
+            "redirected_to": {"channel_id": channel_id, "platform": platform},
+            "delivery": state or "when the task finishes",
+        }
+    )
+
+
 #: The task tools a registry offers unless made with ``task_tools=False``.
-TASK_TOOLS: tuple[ToolFunction, ...] = (check_task, list_tasks, stop_task)
+TASK_TOOLS: tuple[ToolFunction, ...] = (check_task, list_tasks, stop_task, redirect_task)
