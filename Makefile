@@ -40,6 +40,7 @@ bench: $(STAMP) $(BENCH_STAMP)
 	$(BIN)/python bench/liveness.py $(BENCH_ARGS)
 	$(BIN)/python bench/listing.py --redis
 	$(BIN)/python bench/tool_calls.py
+	$(BIN)/python bench/redirect.py
 
 bench-quick: $(STAMP) $(BENCH_STAMP)
 	$(BIN)/python bench/lifecycle.py --sizes 10000 --repeat 2
@@ -49,6 +50,7 @@ bench-quick: $(STAMP) $(BENCH_STAMP)
 	$(BIN)/python bench/liveness.py --quick $(BENCH_ARGS)
 	$(BIN)/python bench/listing.py --quick
 	$(BIN)/python bench/tool_calls.py --repeat 2
+	$(BIN)/python bench/redirect.py --repeat 1
 
 example: $(STAMP)
 	$(BIN)/python examples/quickstart.py
