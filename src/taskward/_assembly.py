@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ._delivery import Deliverer
+from ._delivery import Deliverer, Redirector
 from ._housekeeping import Housekeeper
 from ._hub import BusEndpoint, EventHub
 from ._reads import Reader
@@ -47,6 +47,7 @@ class Parts:
     stopper: Stopper
     handlers: BusEndpoint
     deliverer: Deliverer
+    redirector: Redirector
 
 
 def assemble(
@@ -128,4 +129,13 @@ def assemble(
             stopper.on_command(command)
 
     handlers = BusEndpoint(hub, on_command, keeper.reconcile_stops)
-    return Parts(flusher, hub, table, keeper, reader, stopper, handlers, deliverer)
+    redirector = Redirector(
+        instance_id=instance_id,
+        table=table,
+        reader=reader,
+        store=store,
+        bus=bus,
+        flusher=flusher,
+        deliverer=deliverer,
+    )
+    return Parts(flusher, hub, table, keeper, reader, stopper, handlers, deliverer, redirector)

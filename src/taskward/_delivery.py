@@ -36,12 +36,18 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ._records import TaskStatus, dump_json
+from ._sync import SYNC_TIMEOUT
 from ._truncate import cut_text
 from .errors import StoreUnavailable
+from .stores.base import redirect_target
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
+    from ._reads import Reader
+    from ._sync import Flusher
+    from ._table import LocalTable
+    from .bus.base import Bus
     from .stores.base import Delivery, Store
 
 __all__ = [
@@ -51,6 +57,7 @@ __all__ = [
     "DeliveryResult",
     "PlatformAdapter",
     "RedirectMessage",
+    "Redirector",
     "render",
 ]
 
@@ -338,3 +345,47 @@ class Deliverer:
         for adapter in [*self._given.values(), *self._made.values()]:
             await adapter.aclose()
         self._made.clear()
+
+
+class Redirector:
+    """Sets tasks' redirects: the store records the target (and enqueues the delivery
+    at once when the task has ended), then the owner and the deliverer are told."""
+
+    def __init__(
+        self,
+        *,
+        instance_id: str,
+        table: LocalTable,
+        reader: Reader,
+        store: Store,
+        bus: Bus,
+        flusher: Flusher,
+        deliverer: Deliverer,
+    ) -> None:
+        self._instance_id = instance_id
+        self._table = table
+        self._reader = reader
+        self._store = store
+        self._bus = bus
+        self._flusher = flusher
+        self._deliverer = deliverer
+
+    async def redirect(
+        self, task_id: str, channel_id: str, platform: str, max_chars: int, user_id: str | None
+    ) -> bool:
+        """Redirect the task (its arguments checked); False if not found or not the user's."""
+        if await self._reader.lookup(task_id, user_id) is None:
+            return False
+        if self._table.rows.get(task_id) is not None:
+            await self._flusher.sync(SYNC_TIMEOUT)  # the store must know the task first
+        now = time.time()
+        target = redirect_target(channel_id, platform, max_chars, now)
+        stored = await self._store.set_redirect(task_id, target, now, user_id)
+        if stored is None:
+            return False
+        self._reader.note_redirect(task_id)
+        if stored.status is TaskStatus.RUNNING and stored.instance_id != self._instance_id:
+            await self._bus.send_command(stored.instance_id, {"op": "redirect", "task_id": task_id})
+        self._deliverer.start()
+        self._deliverer.kick()
+        return True

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
-import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Self
 
@@ -32,7 +31,7 @@ from ._scope import Caller, scope_of
 from ._sync import SYNC_TIMEOUT, cancel_and_wait
 from ._truncate import MIN_LIMIT
 from .errors import ManagerClosed, StoreUnavailable, TaskIdInUse, TaskNotFound
-from .stores.base import InProcessStore, Page, redirect_target, retention_of
+from .stores.base import InProcessStore, Page, retention_of
 
 if TYPE_CHECKING:
     from collections.abc import Coroutine, Iterable
@@ -180,7 +179,7 @@ class TaskManager:
             delivery_timeout=float(delivery_timeout),
             delivery_attempt_timeout=float(delivery_attempt_timeout),
         )
-        self._deliverer = parts.deliverer
+        self._deliverer, self._redirector = parts.deliverer, parts.redirector
         self._flusher, self._hub, self._table = parts.flusher, parts.hub, parts.table
         self._keeper, self._reader, self._stopper = parts.keeper, parts.reader, parts.stopper
         self._bus_handlers = parts.handlers
@@ -401,23 +400,7 @@ class TaskManager:
             raise ValueError(f"no redirect adapter for platform {platform!r}")
         scope = scope_of(user_id, caller)
         await self._ensure_started()
-        rec = await self._reader.lookup(task_id, scope)
-        if rec is None:
-            return False
-        if self._table.rows.get(task_id) is not None:
-            await self._flusher.sync(SYNC_TIMEOUT)  # the store must know the task first
-        now = time.time()
-        stored = await self._store.set_redirect(
-            task_id, redirect_target(channel_id, platform, max_chars, now), now, scope
-        )
-        if stored is None:
-            return False
-        self._reader.note_redirect(task_id)
-        if stored.status is TaskStatus.RUNNING and stored.instance_id != self.instance_id:
-            await self._bus.send_command(stored.instance_id, {"op": "redirect", "task_id": task_id})
-        self._deliverer.start()
-        self._deliverer.kick()
-        return True
+        return await self._redirector.redirect(task_id, channel_id, platform, max_chars, scope)
 
     async def pending_deliveries(self) -> int:
         """How many redirect deliveries the store holds queued (on every instance)."""
